@@ -1,0 +1,76 @@
+"""The token ledger: every Redis access of chatledger, and nothing of HTTP.
+
+`service/` imports from here only; see design.md section 1.
+"""
+
+from __future__ import annotations
+
+from ledger.amounts import from_milli, to_milli
+from ledger.connection import connect, embedded_redis
+from ledger.errors import (
+    ChatDeleted,
+    ChatNotFound,
+    ConfigNotFound,
+    InsufficientTokens,
+    InvalidAmount,
+    LedgerError,
+    LedgerUnavailable,
+    LimitTooLarge,
+    ReservationAlreadySettled,
+    ReservationAlreadyVoided,
+    ReservationError,
+    ReservationExpired,
+    ReservationNotFound,
+)
+from ledger.history import HistoryQuery, parse_message_id
+from ledger.keys import Keyspace, normalize_uuid
+from ledger.ledger import Ledger
+from ledger.limits import LedgerLimits
+from ledger.results import (
+    ChatPage,
+    ChatState,
+    ConfigRecord,
+    HistoryPage,
+    IssuedKey,
+    KeyInfo,
+    Reservation,
+    Settlement,
+    StoredMessage,
+)
+from ledger.tenants import TenantStore
+
+__all__ = [
+    "ChatDeleted",
+    "ChatNotFound",
+    "ChatPage",
+    "ChatState",
+    "ConfigNotFound",
+    "ConfigRecord",
+    "HistoryPage",
+    "HistoryQuery",
+    "InsufficientTokens",
+    "InvalidAmount",
+    "IssuedKey",
+    "KeyInfo",
+    "Keyspace",
+    "Ledger",
+    "LedgerError",
+    "LedgerLimits",
+    "LedgerUnavailable",
+    "LimitTooLarge",
+    "Reservation",
+    "ReservationAlreadySettled",
+    "ReservationAlreadyVoided",
+    "ReservationError",
+    "ReservationExpired",
+    "ReservationNotFound",
+    "Settlement",
+    "StoredMessage",
+    "TenantStore",
+    "connect",
+    "embedded_redis",
+    "from_milli",
+    "normalize_uuid",
+    "parse_message_id",
+    "to_milli",
+]

@@ -1,0 +1,35 @@
+"""Float tokens at the API edge <-> integer milli-tokens in the ledger (design.md section 2).
+
+The conversion goes through the float's shortest decimal repr, so `0.1` is 100 milli-tokens and `0.0005`
+rounds half-up to 1, as a person reading the JSON would expect.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_UP, Decimal
+
+from ledger.errors import InvalidAmount
+from ledger.limits import AMOUNT_MILLI_MAX, MILLI_PER_TOKEN
+
+_MILLI = Decimal(1) / MILLI_PER_TOKEN
+
+
+def to_milli(tokens: float, *, positive: bool = False) -> int:
+    """Milli-tokens for an API amount; InvalidAmount for NaN, infinities, negatives, zero where a
+    positive amount is required, and anything above the ledger's maximum."""
+    if isinstance(tokens, bool) or not math.isfinite(tokens):
+        raise InvalidAmount("amount must be a finite number")
+    if tokens < 0:
+        raise InvalidAmount("amount must not be negative")
+    milli = int(Decimal(repr(float(tokens))).quantize(_MILLI, rounding=ROUND_HALF_UP) * MILLI_PER_TOKEN)
+    if positive and milli == 0:
+        raise InvalidAmount("amount must be positive (at least 0.001)")
+    if milli > AMOUNT_MILLI_MAX:
+        raise InvalidAmount(f"amount must be at most {AMOUNT_MILLI_MAX // MILLI_PER_TOKEN} tokens")
+    return milli
+
+
+def from_milli(milli: int) -> float:
+    """The API float for milli-tokens; exact to 3 decimals because every value is below 2^53."""
+    return milli / MILLI_PER_TOKEN

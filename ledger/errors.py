@@ -1,0 +1,117 @@
+"""The ledger's exceptions: business outcomes the service maps to statuses, and Redis failures.
+
+Every `redis.RedisError` becomes `LedgerUnavailable` in `wrap_redis_errors` and nowhere else, so `service/`
+never imports a Redis exception.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import redis.exceptions
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class LedgerError(Exception):
+    """Base of every ledger outcome that is not a success; `code` is the machine-readable name."""
+
+    code = "ledger_error"
+
+
+class ChatNotFound(LedgerError):
+    code = "chat_not_found"
+
+    def __init__(self) -> None:
+        super().__init__("Chat not found.")
+
+
+class ChatDeleted(LedgerError):
+    code = "chat_deleted"
+
+    def __init__(self) -> None:
+        super().__init__("Chat has been deleted.")
+
+
+class ConfigNotFound(LedgerError):
+    code = "config_not_found"
+
+    def __init__(self) -> None:
+        super().__init__("No chat configuration for this API key.")
+
+
+class InvalidAmount(LedgerError, ValueError):
+    code = "invalid_amount"
+
+
+class LimitTooLarge(LedgerError):
+    code = "token_limit_too_large"
+
+    def __init__(self, max_milli: int) -> None:
+        self.max_milli = max_milli
+        super().__init__("The token limit would exceed the maximum a chat may hold.")
+
+
+class InsufficientTokens(LedgerError):
+    """The chat cannot pay for the prompt plus one reply token; nothing was reserved."""
+
+    code = "insufficient_tokens"
+
+    def __init__(self, *, available_milli: int, needed_milli: int, limit_milli: int, used_milli: int) -> None:
+        self.available_milli = available_milli
+        self.needed_milli = needed_milli
+        self.limit_milli = limit_milli
+        self.used_milli = used_milli
+        super().__init__("Not enough tokens left in this chat for the message and a reply.")
+
+
+class ReservationError(LedgerError):
+    """A settle or void that found no open reservation: each cause has its own code (style.md 8)."""
+
+
+class ReservationNotFound(ReservationError):
+    code = "reservation_not_found"
+
+    def __init__(self) -> None:
+        super().__init__("No such reservation on this chat.")
+
+
+class ReservationAlreadySettled(ReservationError):
+    code = "reservation_already_settled"
+
+    def __init__(self) -> None:
+        super().__init__("The reservation was settled already; nothing changed.")
+
+
+class ReservationAlreadyVoided(ReservationError):
+    code = "reservation_already_voided"
+
+    def __init__(self) -> None:
+        super().__init__("The reservation was voided already; nothing changed.")
+
+
+class ReservationExpired(ReservationError):
+    code = "reservation_expired"
+
+    def __init__(self) -> None:
+        super().__init__("The reservation passed its deadline and was released.")
+
+
+class LedgerUnavailable(LedgerError):
+    code = "store_unavailable"
+
+
+def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn a Redis failure inside `fn` into LedgerUnavailable, keeping the cause for the logs."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except redis.exceptions.RedisError as exc:
+            raise LedgerUnavailable(f"The token store failed: {type(exc).__name__}.") from exc
+
+    return wrapper

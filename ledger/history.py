@@ -1,0 +1,83 @@
+"""History entries: stream entry <-> StoredMessage, message ids, and the page query.
+
+A message id is the stream entry id with both parts zero-padded (`0001700000000000-000000`), so ids sort
+as strings the way they sort in time; cursors accept that form or the raw `ms-seq` form.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+from ledger.results import StoredMessage
+
+_ID_RE = re.compile(r"^(\d{1,16})-(\d{1,10})$")
+
+HistoryMode = Literal["offset", "after", "before"]
+
+
+class HistoryQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """A page request: `offset` (the spec's pagination) or a cursor (`after`/`before`, Part C)."""
+
+    limit: int
+    offset: int = 0
+    after: str | None = None
+    before: str | None = None
+
+    def script_args(self) -> tuple[HistoryMode, str]:
+        if self.after is not None:
+            return "after", self.after
+        if self.before is not None:
+            return "before", self.before
+        return "offset", str(self.offset)
+
+
+def format_message_id(entry_id: str) -> str:
+    ms, seq = entry_id.split("-")
+    return f"{int(ms):016d}-{int(seq):06d}"
+
+
+def parse_message_id(message_id: str) -> str | None:
+    """The raw stream id for a message id (padded or not), or None when it is not one."""
+    match = _ID_RE.match(message_id)
+    if not match:
+        return None
+    return f"{int(match[1])}-{int(match[2])}"
+
+
+def decode_entry(entry: list[object]) -> StoredMessage:
+    """A StoredMessage from a stream entry as the scripts return it: `[id, [field, value, ...]]`."""
+    entry_id = str(entry[0])
+    raw = entry[1]
+    assert isinstance(raw, list), "a stream entry's fields are a flat list"
+    fields = dict(zip(raw[::2], raw[1::2], strict=True))
+    return make_message(
+        entry_id,
+        is_user=fields["u"] == "1",
+        content=fields["c"],
+        tokens=int(fields["t"]),
+        charged_milli=int(fields["m"]),
+        flags=fields["f"],
+    )
+
+
+def make_message(
+    entry_id: str, *, is_user: bool, content: str, tokens: int, charged_milli: int, flags: str
+) -> StoredMessage:
+    """A StoredMessage for a raw stream entry id; its time part is the message's timestamp."""
+    return StoredMessage(
+        message_id=format_message_id(entry_id),
+        is_user=is_user,
+        content=content,
+        tokens=tokens,
+        charged_milli=charged_milli,
+        flags=flags,
+        timestamp_ms=int(entry_id.split("-")[0]),
+    )
+
+
+def decode_entries(entries: object) -> list[StoredMessage]:
+    assert isinstance(entries, list), "scripts return entries as a list"
+    return [decode_entry(entry) for entry in entries]

@@ -1,0 +1,94 @@
+"""Every Redis key name of chatledger, built here and nowhere else.
+
+All keys of one chat carry the hash tag `{c:<chat_id>}` so every chat script touches one Redis Cluster
+slot; a config's keys carry `{g:<config_id>}` (design.md section 3). Ids are validated before a key is
+built from them, so no client string ever reaches a key name unchecked.
+"""
+
+from __future__ import annotations
+
+import re
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def normalize_uuid(value: str) -> str | None:
+    """The canonical lowercase form of a UUID string, or None for anything else (read as not found)."""
+    lowered = value.strip().lower()
+    return lowered if _UUID_RE.match(lowered) else None
+
+
+def _checked_uuid(value: str) -> str:
+    if not _UUID_RE.match(value):
+        raise ValueError(f"not a canonical UUID: {value!r}")
+    return value
+
+
+class Keyspace:
+    """Key names under one prefix, so several deployments can share a Redis."""
+
+    def __init__(self, prefix: str = "cl") -> None:
+        if not prefix or "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must be non-empty and free of hash-tag braces")
+        self.prefix = prefix
+
+    # --- one chat: a single slot -------------------------------------------------------------------
+    def chat_tag(self, chat_id: str) -> str:
+        return f"{self.prefix}:{{c:{_checked_uuid(chat_id)}}}"
+
+    def chat_meta(self, chat_id: str) -> str:
+        """Hash: owner config, counters (limit, used, reserved), flags and copied names."""
+        return f"{self.chat_tag(chat_id)}:meta"
+
+    def chat_messages(self, chat_id: str) -> str:
+        """Stream: the history, one entry per message, appended in user/AI pairs."""
+        return f"{self.chat_tag(chat_id)}:msgs"
+
+    def chat_deadlines(self, chat_id: str) -> str:
+        """Sorted set: reservation id -> deadline (open) or forget-time (resolved), in server ms."""
+        return f"{self.chat_tag(chat_id)}:res"
+
+    def chat_reservations(self, chat_id: str) -> str:
+        """Hash: reservation id -> granted milli-tokens while open, or a one-letter resolved state."""
+        return f"{self.chat_tag(chat_id)}:resv"
+
+    def chat_keys(self, chat_id: str) -> list[str]:
+        """Every key of a chat, in the KEYS order the chat scripts expect (see ledger/lua/*.lua)."""
+        return [
+            self.chat_meta(chat_id),
+            self.chat_messages(chat_id),
+            self.chat_deadlines(chat_id),
+            self.chat_reservations(chat_id),
+        ]
+
+    # --- one config (tenant) ----------------------------------------------------------------------
+    def config_tag(self, config_id: str) -> str:
+        return f"{self.prefix}:{{g:{_checked_uuid(config_id)}}}"
+
+    def config_record(self, config_id: str) -> str:
+        """String: the config, msgspec JSON."""
+        return f"{self.config_tag(config_id)}:config"
+
+    def config_chats(self, config_id: str) -> str:
+        """Sorted set: every chat id of the config scored by creation ms (include_deleted listing)."""
+        return f"{self.config_tag(config_id)}:chats"
+
+    def config_live_chats(self, config_id: str) -> str:
+        """Sorted set: the config's chats that are not deleted, scored by creation ms (default listing)."""
+        return f"{self.config_tag(config_id)}:live"
+
+    def config_api_keys(self, config_id: str) -> str:
+        """Hash: key id -> key description (prefix, creation time, digest); never the key itself."""
+        return f"{self.config_tag(config_id)}:keys"
+
+    # --- global -----------------------------------------------------------------------------------
+    def api_key(self, digest: str) -> str:
+        """String: config id for the SHA-256 digest of an API key."""
+        if not _DIGEST_RE.match(digest):
+            raise ValueError("an API key is looked up by its hex SHA-256 digest")
+        return f"{self.prefix}:apikey:{digest}"
+
+    def configs(self) -> str:
+        """Set: every config id (the admin listing and the demo bootstrap read it)."""
+        return f"{self.prefix}:configs"

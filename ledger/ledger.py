@@ -1,0 +1,327 @@
+"""class Ledger: one async method per business operation on chats (design.md sections 2-6).
+
+Each method is one Redis round trip unless its docstring says otherwise; every balance change happens
+inside a Lua script, so concurrent workers never race on a read-modify-write.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import cast
+
+from redis.asyncio import Redis
+
+from ledger.errors import (
+    ChatDeleted,
+    ChatNotFound,
+    InsufficientTokens,
+    LimitTooLarge,
+    ReservationAlreadySettled,
+    ReservationAlreadyVoided,
+    ReservationError,
+    ReservationExpired,
+    ReservationNotFound,
+    wrap_redis_errors,
+)
+from ledger.history import HistoryQuery, decode_entries, make_message
+from ledger.keys import Keyspace
+from ledger.limits import AMOUNT_MILLI_MAX, LedgerLimits
+from ledger.results import (
+    ChatPage,
+    ChatState,
+    ConfigRecord,
+    HistoryPage,
+    Reservation,
+    Settlement,
+)
+from ledger.scripts import Scripts
+
+_RESERVATION_ERRORS: dict[str, type[ReservationError]] = {
+    "reservation_not_found": ReservationNotFound,
+    "reservation_already_settled": ReservationAlreadySettled,
+    "reservation_already_voided": ReservationAlreadyVoided,
+    "reservation_expired": ReservationExpired,
+}
+
+
+def _raise_status(status: str) -> None:
+    """Raise the ledger error a script's non-ok status names."""
+    if status == "not_found":
+        raise ChatNotFound()
+    if status == "deleted":
+        raise ChatDeleted()
+    if status in _RESERVATION_ERRORS:
+        raise _RESERVATION_ERRORS[status]()
+    raise AssertionError(f"unexpected script status {status!r}")
+
+
+def _chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:
+    return ChatState(
+        chat_id=chat_id,
+        config_id=fields["config"],
+        created_ms=int(fields["created"]),
+        agent_name=fields["agent"],
+        company_name=fields["company"],
+        limit_milli=int(fields["limit"]),
+        used_milli=int(fields["used"]),
+        reserved_milli=int(fields["reserved"]),
+        deleted=fields["deleted"] == "1",
+        deleted_ms=int(fields["deleted_at"]),
+    )
+
+
+def _chat_from_reply(chat_id: str, reply: list[str]) -> ChatState:
+    """A ChatState from a script reply `['ok', field, value, ...]`."""
+    flat = reply[1:]
+    return _chat_from_hash(chat_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
+
+class Ledger:
+    """The chat ledger on one Redis client. Construct once per process; `start()` before use."""
+
+    def __init__(self, redis: Redis, keys: Keyspace, limits: LedgerLimits | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.limits = limits or LedgerLimits()
+        self.scripts = Scripts(redis)
+
+    @wrap_redis_errors
+    async def start(self) -> None:
+        """Load every script now, so a broken script or an unreachable Redis fails the boot."""
+        await self.scripts.load_all()
+
+    @wrap_redis_errors
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    # --- chats ---------------------------------------------------------------------------------------
+    @wrap_redis_errors
+    async def create_chat(self, config: ConfigRecord, limit_milli: int) -> ChatState:
+        """Create a chat owned by `config`. One round trip: the index entries and the script are sent in
+        one pipeline, index first, so a crash leaves at most an index entry without a chat, which
+        listings skip and repair (design.md section 3)."""
+        chat_id = str(uuid.uuid4())
+        created_ms = int(time.time() * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            _ = pipe.zadd(self.keys.config_chats(config.config_id), {chat_id: created_ms})
+            _ = pipe.zadd(self.keys.config_live_chats(config.config_id), {chat_id: created_ms})
+            await self.scripts.create_chat(
+                keys=[self.keys.chat_meta(chat_id)],
+                args=[config.config_id, limit_milli, created_ms, config.agent_name, config.company_name],
+                client=pipe,
+            )
+            await pipe.execute()
+        return ChatState(
+            chat_id=chat_id,
+            config_id=config.config_id,
+            created_ms=created_ms,
+            agent_name=config.agent_name,
+            company_name=config.company_name,
+            limit_milli=limit_milli,
+            used_milli=0,
+            reserved_milli=0,
+            deleted=False,
+            deleted_ms=0,
+        )
+
+    @wrap_redis_errors
+    async def get_chat(self, config_id: str | None, chat_id: str) -> ChatState:
+        """The chat, deleted or not. `config_id=None` reads any config's chat (the admin surface)."""
+        # The client decodes responses, so every key and value is a str.
+        fields = cast(dict[str, str], await self.redis.hgetall(self.keys.chat_meta(chat_id)))
+        if not fields or (config_id is not None and fields["config"] != config_id):
+            raise ChatNotFound()
+        return _chat_from_hash(chat_id, fields)
+
+    @wrap_redis_errors
+    async def top_up(self, config_id: str, chat_id: str, add_milli: int) -> ChatState:
+        reply = await self.scripts.top_up(
+            keys=[self.keys.chat_meta(chat_id)], args=[config_id, add_milli, AMOUNT_MILLI_MAX]
+        )
+        if reply[0] == "limit_too_large":
+            raise LimitTooLarge(AMOUNT_MILLI_MAX)
+        if reply[0] != "ok":
+            _raise_status(reply[0])
+        return _chat_from_reply(chat_id, reply)
+
+    @wrap_redis_errors
+    async def delete_chat(self, config_id: str, chat_id: str) -> ChatState:
+        """Soft delete, then drop the chat from the config's live index (a separate slot). A crash in
+        between leaves a deleted chat in the live index, which `list_chats` notices and repairs."""
+        reply = await self.scripts.delete_chat(keys=[self.keys.chat_meta(chat_id)], args=[config_id])
+        if reply[0] != "ok":
+            _raise_status(reply[0])
+        await self.redis.zrem(self.keys.config_live_chats(config_id), chat_id)
+        return _chat_from_reply(chat_id, reply)
+
+    @wrap_redis_errors
+    async def list_chats(
+        self, config_id: str, *, offset: int, limit: int, include_deleted: bool = False
+    ) -> ChatPage:
+        """A page of the config's chats, oldest first. Two round trips: the index page and its total,
+        then the pages' meta hashes. Leftovers of a crash (an index entry whose chat is missing or
+        deleted) are repaired here and the page is read again."""
+        keys = self.keys
+        index = keys.config_chats(config_id) if include_deleted else keys.config_live_chats(config_id)
+        for _attempt in range(3):
+            page, repaired = await self._read_chat_page(index, offset, limit, include_deleted)
+            if not repaired:
+                return page
+        return page
+
+    async def _read_chat_page(
+        self, index: str, offset: int, limit: int, include_deleted: bool
+    ) -> tuple[ChatPage, bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            _ = pipe.zrange(index, offset, offset + limit - 1, withscores=True)
+            _ = pipe.zcard(index)
+            ids_with_scores, total = await pipe.execute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for chat_id, _score in ids_with_scores:
+                _ = pipe.hgetall(self.keys.chat_meta(chat_id))
+            metas: list[dict[str, str]] = await pipe.execute() if ids_with_scores else []
+        now_ms = int(time.time() * 1000)
+        items: list[ChatState] = []
+        stale: list[str] = []
+        for (chat_id, score), fields in zip(ids_with_scores, metas, strict=True):
+            if not fields:
+                if now_ms - score > self.limits.orphan_grace_ms:
+                    stale.append(chat_id)
+                continue
+            chat = _chat_from_hash(chat_id, fields)
+            if chat.deleted and not include_deleted:
+                stale.append(chat_id)
+                continue
+            items.append(chat)
+        if stale:
+            await self.redis.zrem(index, *stale)
+        return ChatPage(items=items, total=int(total)), bool(stale)
+
+    # --- the message flow: reserve -> settle | void | expire -------------------------------------------
+    @wrap_redis_errors
+    async def reserve(
+        self,
+        config: ConfigRecord,
+        chat_id: str,
+        *,
+        prompt_tokens: int,
+        completion_tokens_max: int,
+        history_tokens_max: int,
+        history_count_max: int,
+    ) -> Reservation:
+        """Hold enough for the prompt (the worker's known part plus the history that fits the budget)
+        and up to `completion_tokens_max` reply tokens, capped by what the chat can pay.
+
+        Raises InsufficientTokens (nothing held) when even one reply token is not payable."""
+        reservation_id = uuid.uuid4().hex
+        reply = await self.scripts.reserve(
+            keys=self.keys.chat_keys(chat_id),
+            args=[
+                config.config_id,
+                reservation_id,
+                prompt_tokens * config.prompt_weight_milli,
+                config.prompt_weight_milli,
+                config.completion_weight_milli,
+                completion_tokens_max,
+                history_tokens_max,
+                history_count_max,
+                self.limits.reservation_ttl_ms,
+                self.limits.reservation_retention_ms,
+            ],
+        )
+        status = reply[0]
+        if status == "insufficient":
+            available, needed, limit, used = (int(x) for x in reply[1:5])
+            raise InsufficientTokens(
+                available_milli=available, needed_milli=needed, limit_milli=limit, used_milli=used
+            )
+        if status != "ok":
+            _raise_status(status)
+        context = decode_entries(reply[5])
+        context.reverse()
+        return Reservation(
+            chat_id=chat_id,
+            reservation_id=reservation_id,
+            granted_milli=int(reply[1]),
+            prompt_milli=int(reply[2]),
+            completion_tokens_max=int(reply[3]),
+            context=context,
+        )
+
+    @wrap_redis_errors
+    async def settle(
+        self,
+        reservation: Reservation,
+        *,
+        charge_milli: int,
+        user_content: str,
+        user_tokens: int,
+        reply_content: str,
+        reply_tokens: int,
+        flags: str = "",
+    ) -> Settlement:
+        """Charge the exchange's actual cost, release the rest and append both messages atomically.
+
+        A second settle or void of the same reservation changes nothing and raises its own
+        ReservationError; a chat deleted meanwhile voids the hold and raises ChatDeleted."""
+        chat_id = reservation.chat_id
+        reply = await self.scripts.settle(
+            keys=self.keys.chat_keys(chat_id),
+            args=[
+                reservation.reservation_id,
+                charge_milli,
+                user_content,
+                user_tokens,
+                reply_content,
+                reply_tokens,
+                flags,
+                self.limits.reservation_retention_ms,
+            ],
+        )
+        if reply[0] != "ok":
+            _raise_status(reply[0])
+        charged, shortfall = int(reply[1]), int(reply[2])
+        user_entry, reply_entry = str(reply[3]), str(reply[4])
+        final_flags = flags + ("s" if shortfall else "")
+        return Settlement(
+            charged_milli=charged,
+            shortfall_milli=shortfall,
+            user_message=make_message(
+                user_entry, is_user=True, content=user_content, tokens=user_tokens, charged_milli=0, flags=""
+            ),
+            ai_message=make_message(
+                reply_entry,
+                is_user=False,
+                content=reply_content,
+                tokens=reply_tokens,
+                charged_milli=charged,
+                flags=final_flags,
+            ),
+            limit_milli=int(reply[5]),
+            used_milli=int(reply[6]),
+            reserved_milli=int(reply[7]),
+        )
+
+    @wrap_redis_errors
+    async def void(self, reservation: Reservation) -> int:
+        """Release a hold without charging; returns the milli-tokens released."""
+        reply = await self.scripts.void(
+            keys=self.keys.chat_keys(reservation.chat_id),
+            args=[reservation.reservation_id, self.limits.reservation_retention_ms],
+        )
+        if reply[0] != "ok":
+            _raise_status(reply[0])
+        return int(reply[1])
+
+    # --- history ---------------------------------------------------------------------------------------
+    @wrap_redis_errors
+    async def read_history(self, config_id: str, chat_id: str, query: HistoryQuery) -> HistoryPage:
+        mode, position = query.script_args()
+        reply = await self.scripts.history(
+            keys=[self.keys.chat_meta(chat_id), self.keys.chat_messages(chat_id)],
+            args=[config_id, mode, position, query.limit],
+        )
+        if reply[0] != "ok":
+            _raise_status(reply[0])
+        return HistoryPage(items=decode_entries(reply[2]), total=int(reply[1]))

@@ -1,0 +1,37 @@
+"""Bounds, TTLs and deadlines of the ledger, in one place, units last in every name."""
+
+from __future__ import annotations
+
+import msgspec
+
+# One token is 1000 milli-tokens: the API's floats are kept exactly to 3 decimals (design.md section 2).
+MILLI_PER_TOKEN = 1000
+
+# The API refuses amounts above 10^12 tokens (api.md Part B 4). In milli-tokens that is 10^15, below 2^53,
+# so every balance stays exact in Lua's doubles; the assertion keeps it so if someone raises the bound.
+AMOUNT_TOKENS_MAX = 10**12
+AMOUNT_MILLI_MAX = AMOUNT_TOKENS_MAX * MILLI_PER_TOKEN
+assert AMOUNT_MILLI_MAX < 2**53, "balances must stay exact in Lua doubles"
+
+# Token weights are kept to milli precision too, so `tokens * weight_milli` is an exact integer charge.
+WEIGHT_MILLI_MAX = 1_000_000
+
+# How many due reservations one script call reaps at most: bounds the work any single request does.
+REAP_BATCH_MAX = 256
+
+# Entries skipped per XRANGE call when history.lua walks to an offset: bounds the Lua memory of a deep page.
+HISTORY_SKIP_CHUNK = 500
+
+
+class LedgerLimits(msgspec.Struct, frozen=True, kw_only=True):
+    """Deadlines the operator may tune; the defaults fit an upstream timeout of 60 s."""
+
+    # A reservation outlives the longest model call, so only a dead worker's hold ever expires
+    # (design.md section 4): keep it above the provider's total timeout.
+    reservation_ttl_ms: int = 120_000
+    # A resolved reservation is remembered this long, so a replayed settle or void is recognised and
+    # changes nothing instead of charging twice.
+    reservation_retention_ms: int = 3_600_000
+    # A by-config index entry whose chat does not exist is only repaired when older than this: younger
+    # ones may belong to a creation in progress (the index is written first, design.md section 3).
+    orphan_grace_ms: int = 60_000

@@ -1,0 +1,83 @@
+-- Shared helpers, prepended to every script by ledger/scripts.py (Redis scripts cannot include each
+-- other). scripts.py also prepends the constants REAP_BATCH_MAX and HISTORY_SKIP_CHUNK from
+-- ledger/limits.py, so each bound has one source. Only definitions here: nothing runs at load.
+
+-- Milliseconds on the Redis server's clock. Deadlines use this clock only, so workers whose clocks
+-- disagree still agree on when a reservation expires (design.md section 4).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Amounts stay below 2^53 (ledger/limits.py), so Lua doubles hold them exactly; '%.0f' writes them
+-- without an exponent, which Redis's own number-to-argument conversion does not promise.
+local function int(n)
+  return string.format('%.0f', n)
+end
+
+-- Reservation states in the reservations hash: an open hold stores its granted milli-tokens as digits;
+-- a resolved one stores a letter and stays until its retention ends, so a replayed settle or void is
+-- recognised and changes nothing.
+local SETTLED, VOIDED, EXPIRED = 's', 'v', 'e'
+
+-- Owner and counters of a chat, or nil when it does not exist.
+local function load_chat(meta_key)
+  local m = redis.call('HMGET', meta_key, 'config', 'limit', 'used', 'reserved', 'deleted')
+  if not m[1] then
+    return nil
+  end
+  return {
+    config = m[1],
+    limit = tonumber(m[2]),
+    used = tonumber(m[3]),
+    reserved = tonumber(m[4]),
+    deleted = m[5] == '1',
+  }
+end
+
+-- Lazy reaping: release open holds whose deadline has passed (their worker died or hung) and forget
+-- resolved reservations past retention. Bounded per call; what is left is reaped by the next call.
+-- Subtracts the released amount from chat.reserved and writes it back, so callers see true figures.
+local function reap(meta_key, deadlines_key, reservations_key, chat, now, retention_ms)
+  local due = redis.call('ZRANGEBYSCORE', deadlines_key, '-inf', now, 'LIMIT', 0, REAP_BATCH_MAX)
+  local released, expired = 0, 0
+  for _, id in ipairs(due) do
+    local amount = tonumber(redis.call('HGET', reservations_key, id))
+    if amount then
+      released = released + amount
+      expired = expired + 1
+      redis.call('HSET', reservations_key, id, EXPIRED)
+      redis.call('ZADD', deadlines_key, int(now + retention_ms), id)
+    else
+      redis.call('HDEL', reservations_key, id)
+      redis.call('ZREM', deadlines_key, id)
+    end
+  end
+  if expired > 0 then
+    chat.reserved = chat.reserved - released
+    redis.call('HSET', meta_key, 'reserved', int(chat.reserved))
+    redis.call('HINCRBY', meta_key, 'expired', expired)
+  end
+  return expired
+end
+
+-- The open amount of a reservation, or nil plus the status naming why it cannot be resolved.
+local function open_amount(reservations_key, id)
+  local state = redis.call('HGET', reservations_key, id)
+  if not state then
+    return nil, 'reservation_not_found'
+  elseif state == SETTLED then
+    return nil, 'reservation_already_settled'
+  elseif state == VOIDED then
+    return nil, 'reservation_already_voided'
+  elseif state == EXPIRED then
+    return nil, 'reservation_expired'
+  end
+  return tonumber(state), nil
+end
+
+-- Mark a reservation resolved and schedule its record to be forgotten.
+local function resolve(deadlines_key, reservations_key, id, state, now, retention_ms)
+  redis.call('HSET', reservations_key, id, state)
+  redis.call('ZADD', deadlines_key, int(now + retention_ms), id)
+end

@@ -1,0 +1,20 @@
+-- delete_chat: soft delete. Flags the chat; removes nothing (api.md Part B 9, design.md section 6).
+-- KEYS[1] meta hash
+-- ARGV[1] caller's config id
+-- Clock: Redis TIME for deleted_at.
+-- Reply: {'ok', field, value, ...} (the meta hash after the change); {'not_found'}; {'deleted'}.
+-- Open holds are left alone: their settle finds the flag, voids them and writes nothing.
+local meta = KEYS[1]
+local config_id = ARGV[1]
+
+local chat = load_chat(meta)
+if not chat or chat.config ~= config_id then
+  return {'not_found'}
+end
+if chat.deleted then
+  return {'deleted'}
+end
+redis.call('HSET', meta, 'deleted', '1', 'deleted_at', int(now_ms()))
+local reply = redis.call('HGETALL', meta)
+table.insert(reply, 1, 'ok')
+return reply

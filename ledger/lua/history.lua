@@ -1,0 +1,74 @@
+-- history: one page of a chat's messages, oldest first, with the total, checked against the owner in
+-- the same atomic read.
+-- KEYS[1] meta hash   KEYS[2] messages stream
+-- ARGV[1] caller's config id
+-- ARGV[2] mode: 'offset', 'after' or 'before'
+-- ARGV[3] the offset (mode offset) or an exclusive stream id (modes after and before)
+-- ARGV[4] page size
+-- Reply: {'ok', total, entries} with entries as {id, {field, value, ...}}, oldest first;
+--        {'not_found'}; {'deleted'}.
+-- Cost: cursors are O(log n + page). An offset walks min(offset, total - offset) entries in chunks of
+-- HISTORY_SKIP_CHUNK, from whichever end is nearer, so memory stays bounded on a deep page.
+local meta, msgs = KEYS[1], KEYS[2]
+local config_id = ARGV[1]
+local mode = ARGV[2]
+local position = ARGV[3]
+local limit = tonumber(ARGV[4])
+
+local chat = load_chat(meta)
+if not chat or chat.config ~= config_id then
+  return {'not_found'}
+end
+if chat.deleted then
+  return {'deleted'}
+end
+
+-- Walk n entries from `start` towards `stop` and return the exclusive bound just past them (nil when
+-- the stream ends first).
+local function skip(cmd, start, stop, n)
+  while n > 0 do
+    local batch = redis.call(cmd, msgs, start, stop, 'COUNT', math.min(n, HISTORY_SKIP_CHUNK))
+    if #batch == 0 then
+      return nil
+    end
+    n = n - #batch
+    start = '(' .. batch[#batch][1]
+  end
+  return start
+end
+
+local function reversed(list)
+  local out = {}
+  for i = #list, 1, -1 do
+    out[#out + 1] = list[i]
+  end
+  return out
+end
+
+local total = redis.call('XLEN', msgs)
+local entries = {}
+if mode == 'after' then
+  entries = redis.call('XRANGE', msgs, '(' .. position, '+', 'COUNT', limit)
+elseif mode == 'before' then
+  entries = reversed(redis.call('XREVRANGE', msgs, '(' .. position, '-', 'COUNT', limit))
+elseif mode == 'offset' then
+  local offset = tonumber(position)
+  if offset < total then
+    local newer = total - offset - limit
+    if offset <= newer then
+      local start = skip('XRANGE', '-', '+', offset)
+      entries = redis.call('XRANGE', msgs, start, '+', 'COUNT', limit)
+    else
+      local take = limit
+      if newer < 0 then
+        take = limit + newer
+        newer = 0
+      end
+      local start = skip('XREVRANGE', '+', '-', newer)
+      entries = reversed(redis.call('XREVRANGE', msgs, start, '-', 'COUNT', take))
+    end
+  end
+else
+  return redis.error_reply('history: unknown mode ' .. mode)
+end
+return {'ok', total, entries}

@@ -1,0 +1,86 @@
+-- reserve: hold enough of a chat's budget for one exchange, and return the history the model needs.
+-- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
+-- ARGV[1] caller's config id (a chat of another config reads as not found)
+-- ARGV[2] reservation id (fresh per request)
+-- ARGV[3] prompt_milli: the priced prompt parts the worker knows (system prompt and the new message)
+-- ARGV[4] prompt_weight_milli: price of one history token
+-- ARGV[5] completion_weight_milli: price of one reply token
+-- ARGV[6] completion_tokens_max: most reply tokens wanted
+-- ARGV[7] history_tokens_max: the context budget for history, in tokens
+-- ARGV[8] history_count_max: most history messages to consider
+-- ARGV[9] ttl_ms: the hold's deadline from now   ARGV[10] retention_ms of resolved records
+-- Clock: Redis TIME only.
+-- Reply: {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context}
+--        where context is a list of stream entries {id, {field, value, ...}}, newest first;
+--        {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
+--        {'deleted'}.
+local meta, msgs, deadlines, reservations = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local config_id = ARGV[1]
+local reservation_id = ARGV[2]
+local prompt_milli = tonumber(ARGV[3])
+local prompt_weight_milli = tonumber(ARGV[4])
+local completion_weight_milli = tonumber(ARGV[5])
+local completion_tokens_max = tonumber(ARGV[6])
+local history_tokens_max = tonumber(ARGV[7])
+local history_count_max = tonumber(ARGV[8])
+local ttl_ms = tonumber(ARGV[9])
+local retention_ms = tonumber(ARGV[10])
+
+local chat = load_chat(meta)
+if not chat or chat.config ~= config_id then
+  return {'not_found'}
+end
+if chat.deleted then
+  return {'deleted'}
+end
+if redis.call('HEXISTS', reservations, reservation_id) == 1 then
+  return redis.error_reply('reserve: reservation id already in use')
+end
+
+local now = now_ms()
+-- Reap before pricing: a dead worker's hold must not cause a phantom 402.
+local expired = reap(meta, deadlines, reservations, chat, now, retention_ms)
+
+-- Context: the newest messages that fit the token budget, so the prompt is priced before the call.
+local context = {}
+local history_tokens = 0
+if history_count_max > 0 then
+  local recent = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', history_count_max)
+  for _, entry in ipairs(recent) do
+    local fields = entry[2]
+    local tokens = 0
+    for i = 1, #fields, 2 do
+      if fields[i] == 't' then
+        tokens = tonumber(fields[i + 1])
+      end
+    end
+    if history_tokens + tokens > history_tokens_max then
+      break
+    end
+    history_tokens = history_tokens + tokens
+    context[#context + 1] = entry
+  end
+end
+
+local available = chat.limit - chat.used - chat.reserved
+local prompt_total = prompt_milli + history_tokens * prompt_weight_milli
+-- The spec's 402 rule (api.md Part B 8): the prompt and at least one reply token must be payable.
+local needed = prompt_total + completion_weight_milli
+if available < needed then
+  return {'insufficient', int(available), int(needed), int(chat.limit), int(chat.used)}
+end
+
+-- Grant what the reply may cost, capped by what the chat can pay: the upstream's max_tokens comes from
+-- this, so a model can never spend past the hold.
+local completion_tokens = completion_tokens_max
+if completion_weight_milli > 0 then
+  completion_tokens = math.min(completion_tokens_max,
+    math.floor((available - prompt_total) / completion_weight_milli))
+end
+local granted = prompt_total + completion_tokens * completion_weight_milli
+
+chat.reserved = chat.reserved + granted
+redis.call('HSET', meta, 'reserved', int(chat.reserved))
+redis.call('HSET', reservations, reservation_id, int(granted))
+redis.call('ZADD', deadlines, int(now + ttl_ms), reservation_id)
+return {'ok', int(granted), int(prompt_total), int(completion_tokens), expired, context}

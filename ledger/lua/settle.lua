@@ -1,0 +1,59 @@
+-- settle: charge an exchange's actual cost, release the rest of its hold, and append the user message
+-- and the reply to the history as one atomic pair.
+-- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
+-- ARGV[1] reservation id
+-- ARGV[2] charge_milli: prompt and reply tokens times their weights
+-- ARGV[3] user message content   ARGV[4] its tokens
+-- ARGV[5] reply content          ARGV[6] its tokens
+-- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' on a shortfall)
+-- ARGV[8] retention_ms of the resolved record
+-- Clock: Redis TIME only (stream ids and the retention).
+-- Reply: {'ok', charged_milli, shortfall_milli, user_entry_id, reply_entry_id, limit, used, reserved};
+--        {'not_found'}; {'deleted'} (the hold is voided); or a reservation status from open_amount.
+local meta, msgs, deadlines, reservations = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local reservation_id = ARGV[1]
+local charge_milli = tonumber(ARGV[2])
+local user_content, user_tokens = ARGV[3], ARGV[4]
+local reply_content, reply_tokens = ARGV[5], ARGV[6]
+local flags = ARGV[7]
+local retention_ms = tonumber(ARGV[8])
+
+local chat = load_chat(meta)
+if not chat then
+  return {'not_found'}
+end
+local now = now_ms()
+reap(meta, deadlines, reservations, chat, now, retention_ms)
+local granted, status = open_amount(reservations, reservation_id)
+if not granted then
+  return {status}
+end
+
+chat.reserved = chat.reserved - granted
+if chat.deleted then
+  -- Deleted while the model ran: a deleted chat takes no messages and no tokens (api.md Part B 9).
+  redis.call('HSET', meta, 'reserved', int(chat.reserved))
+  resolve(deadlines, reservations, reservation_id, VOIDED, now, retention_ms)
+  return {'deleted'}
+end
+
+-- The prompt estimate can be low (a real upstream counts its own tokens): charge what the chat can still
+-- pay and record the rest as a shortfall, so used never passes limit (design.md section 4).
+local payable = chat.limit - chat.used - chat.reserved
+local charged = math.min(charge_milli, payable)
+local shortfall = charge_milli - charged
+if shortfall > 0 then
+  flags = flags .. 's'
+  redis.call('HINCRBY', meta, 'clamped', int(shortfall))
+end
+chat.used = chat.used + charged
+redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved))
+resolve(deadlines, reservations, reservation_id, SETTLED, now, retention_ms)
+
+-- Both entries carry the same fields so the stream's listpacks store the field names once.
+local user_id = redis.call('XADD', msgs, '*',
+  'u', '1', 'c', user_content, 't', user_tokens, 'm', '0', 'f', '')
+local reply_id = redis.call('XADD', msgs, '*',
+  'u', '0', 'c', reply_content, 't', reply_tokens, 'm', int(charged), 'f', flags)
+return {'ok', int(charged), int(shortfall), user_id, reply_id,
+  int(chat.limit), int(chat.used), int(chat.reserved)}

@@ -1,0 +1,107 @@
+"""The typed values the ledger returns. Amounts are integer milli-tokens, times are epoch milliseconds;
+the service turns them into the API's floats and ISO strings at the edge."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ConfigRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """A chat configuration: the tenant. Branding fields are the API's Config object (api.md Part A);
+    the rest steers the model and the charge."""
+
+    config_id: str
+    agent_name: str
+    company_name: str
+    primary_color: str = "#1A73E8"
+    header_text: str = ""
+    logo_url: str = ""
+    welcome_message: str = ""
+    chat_first_page_description: str = ""
+    is_full_width: bool = False
+    start_page_title: str = ""
+    start_page_slogan: str = ""
+    created_ms: int = 0
+    updated_ms: int = 0
+    system_prompt: str = ""
+    model: str = ""
+    max_output_tokens: int = 512
+    # Charge per prompt / completion token, in milli-tokens: 1000 is a weight of 1.0 (design.md section 2).
+    prompt_weight_milli: int = 1000
+    completion_weight_milli: int = 1000
+
+
+class ChatState(msgspec.Struct, kw_only=True, frozen=True):
+    chat_id: str
+    config_id: str
+    created_ms: int
+    agent_name: str
+    company_name: str
+    limit_milli: int
+    used_milli: int
+    reserved_milli: int
+    deleted: bool
+    deleted_ms: int
+
+
+class ChatPage(msgspec.Struct, kw_only=True, frozen=True):
+    items: list[ChatState]
+    total: int
+
+
+class StoredMessage(msgspec.Struct, kw_only=True, frozen=True):
+    """One history entry. `message_id` is the stream entry id; `timestamp_ms` is its time part."""
+
+    message_id: str
+    is_user: bool
+    content: str
+    # The content's length in tokens by the service's counter, so a later reserve can price context.
+    tokens: int
+    # On an AI message: what the exchange (prompt and reply) was charged.
+    charged_milli: int
+    # Letters: 't' truncated reply, 's' charge clamped by a shortfall, 'e' usage estimated.
+    flags: str
+    timestamp_ms: int
+
+
+class HistoryPage(msgspec.Struct, kw_only=True, frozen=True):
+    items: list[StoredMessage]
+    total: int
+
+
+class Reservation(msgspec.Struct, kw_only=True, frozen=True):
+    """A granted hold: enough for the priced prompt plus `completion_tokens_max` reply tokens."""
+
+    chat_id: str
+    reservation_id: str
+    granted_milli: int
+    prompt_milli: int
+    completion_tokens_max: int
+    # The recent history that fit the context budget, oldest first.
+    context: list[StoredMessage]
+
+
+class Settlement(msgspec.Struct, kw_only=True, frozen=True):
+    charged_milli: int
+    # What the actual cost exceeded the chat's means by: recorded, never charged (used <= limit).
+    shortfall_milli: int
+    user_message: StoredMessage
+    ai_message: StoredMessage
+    limit_milli: int
+    used_milli: int
+    reserved_milli: int
+
+
+class IssuedKey(msgspec.Struct, kw_only=True, frozen=True):
+    """A new API key: the only time its plain value exists outside the client."""
+
+    api_key: str
+    key_id: str
+    config_id: str
+    created_ms: int
+
+
+class KeyInfo(msgspec.Struct, kw_only=True, frozen=True):
+    key_id: str
+    prefix: str
+    created_ms: int

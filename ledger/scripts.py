@@ -1,0 +1,50 @@
+"""Loads ledger/lua/*.lua once, registers each with the Redis client, and calls them by SHA.
+
+One name runs from file to method: `reserve.lua` -> `Scripts.reserve` -> `Ledger.reserve()`. Redis
+scripts cannot include each other, so the shared `_prelude.lua` (and the bounds from limits.py it needs)
+is prepended to each script here; the SHA is of the whole text.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from ledger.limits import HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
+
+SCRIPT_NAMES = ("create_chat", "reserve", "settle", "void", "top_up", "delete_chat", "history")
+
+
+def _read(name: str) -> str:
+    return files("ledger").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+
+
+def script_source(name: str) -> str:
+    """The full text sent to Redis for one script: constants, prelude, then the script."""
+    constants = f"local REAP_BATCH_MAX = {REAP_BATCH_MAX}\nlocal HISTORY_SKIP_CHUNK = {HISTORY_SKIP_CHUNK}\n"
+    return constants + _read("_prelude") + "\n" + _read(name)
+
+
+_SOURCES = {name: script_source(name) for name in SCRIPT_NAMES}
+
+
+class Scripts:
+    """The registered scripts of one client. `AsyncScript.__call__` already does EVALSHA, and on
+    NOSCRIPT (a Redis restart or failover) SCRIPT LOAD and EVALSHA again."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.create_chat: AsyncScript = redis.register_script(_SOURCES["create_chat"])
+        self.reserve: AsyncScript = redis.register_script(_SOURCES["reserve"])
+        self.settle: AsyncScript = redis.register_script(_SOURCES["settle"])
+        self.void: AsyncScript = redis.register_script(_SOURCES["void"])
+        self.top_up: AsyncScript = redis.register_script(_SOURCES["top_up"])
+        self.delete_chat: AsyncScript = redis.register_script(_SOURCES["delete_chat"])
+        self.history: AsyncScript = redis.register_script(_SOURCES["history"])
+
+    async def load_all(self) -> None:
+        """SCRIPT LOAD every script, so a Lua error fails the boot rather than the first request."""
+        for source in _SOURCES.values():
+            await self._redis.script_load(source)
