@@ -25,7 +25,7 @@ from ledger.errors import (
 from ledger.history import HistoryQuery, parse_message_id
 from ledger.keys import Keyspace, normalize_uuid
 from ledger.ledger import Ledger
-from ledger.limits import LedgerLimits
+from ledger.limits import AMOUNT_TOKENS_MAX, LedgerLimits
 from ledger.results import (
     ChatPage,
     ChatState,
@@ -40,6 +40,7 @@ from ledger.results import (
 from ledger.tenants import TenantStore
 
 __all__ = [
+    "AMOUNT_TOKENS_MAX",
     "ChatDeleted",
     "ChatNotFound",
     "ChatPage",

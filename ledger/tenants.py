@@ -77,12 +77,13 @@ class TenantStore:
 
     # --- API keys -------------------------------------------------------------------------------------
     @wrap_redis_errors
-    async def issue_key(self, config_id: str) -> IssuedKey:
-        """A new key for an existing config. The description is written before the key itself, so a
-        key that works is always listed (and so revocable)."""
+    async def issue_key(self, config_id: str, *, api_key: str | None = None) -> IssuedKey:
+        """A new key for an existing config: random unless `api_key` pins it (the demo's setting).
+        The description is written before the key itself, so a key that works is always listed (and
+        so revocable)."""
         if not await self.redis.exists(self.keys.config_record(config_id)):
             raise ConfigNotFound()
-        api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        api_key = api_key or API_KEY_PREFIX + secrets.token_urlsafe(32)
         digest = key_digest(api_key)
         key_id = digest[:KEY_ID_CHARS]
         created_ms = int(time.time() * 1000)

@@ -1,0 +1,31 @@
+"""create_app(settings) -> web.Application: middlewares, routes and resources, no globals."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from service import handlers, lifecycle
+from service.appkeys import PROVIDER, REDIS, SETTINGS
+from service.middlewares import render_errors, request_context
+from service.providers import Provider
+from service.routing import mount
+from service.settings import Settings
+
+
+def create_app(
+    settings: Settings, *, redis: Redis | None = None, provider: Provider | None = None
+) -> web.Application:
+    """The application. `redis` and `provider`, when given, are used instead of those the settings
+    name, and are not closed by the app (tests own them)."""
+    app = web.Application(
+        middlewares=[request_context, render_errors], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    if redis is not None:
+        app[REDIS] = redis
+    if provider is not None:
+        app[PROVIDER] = provider
+    app.cleanup_ctx.extend([lifecycle.redis_client, lifecycle.ledger_and_tenants, lifecycle.model_provider])
+    mount(app, handlers.all_routes(), settings.api_prefix)
+    return app

@@ -1,0 +1,62 @@
+"""X-API-Key -> the caller's config, through a bounded in-process cache.
+
+A key is looked up by its SHA-256 digest (the only form Redis holds). A resolved key and its config are
+trusted for `ttl_s`, which keeps auth off the message hot path (design.md section 4) and bounds how late a
+revocation or a config change takes effect on any worker. Failures are not cached, so a new key works at
+once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import structlog
+from aiohttp import web
+from cachetools import TTLCache
+
+import ledger
+from service.errors import ApiError
+
+API_KEY_HEADER = "X-API-Key"
+# Distinct keys remembered per worker; beyond it the least recently used ones are looked up again.
+CACHE_KEYS_MAX = 10_000
+
+
+class Tenant(msgspec.Struct, frozen=True):
+    config: ledger.ConfigRecord
+
+    @property
+    def config_id(self) -> str:
+        return self.config.config_id
+
+
+class Authenticator:
+    def __init__(self, tenants: ledger.TenantStore, ttl_s: float) -> None:
+        self._tenants = tenants
+        self._cache: TTLCache[str, Tenant] | None = (
+            TTLCache(maxsize=CACHE_KEYS_MAX, ttl=ttl_s) if ttl_s > 0 else None
+        )
+
+    async def tenant(self, request: web.Request) -> Tenant:
+        """The caller's tenant; 401 for a missing or unknown key, 404 when its config is gone."""
+        api_key = request.headers.get(API_KEY_HEADER, "").strip()
+        if not api_key:
+            raise ApiError(401, "missing_api_key", f"The {API_KEY_HEADER} header is required.")
+        digest = hashlib.sha256(api_key.encode()).hexdigest()
+        tenant = self._cache.get(digest) if self._cache is not None else None
+        if tenant is None:
+            tenant = await self._load(api_key)
+            if self._cache is not None:
+                self._cache[digest] = tenant
+        structlog.contextvars.bind_contextvars(config_id=tenant.config_id)
+        return tenant
+
+    async def _load(self, api_key: str) -> Tenant:
+        config_id = await self._tenants.resolve_key(api_key)
+        if config_id is None:
+            raise ApiError(401, "invalid_api_key", "The API key is not valid.")
+        config = await self._tenants.get_config(config_id)
+        if config is None:
+            raise ledger.ConfigNotFound()
+        return Tenant(config=config)

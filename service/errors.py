@@ -1,0 +1,99 @@
+"""One error shape for every response: `{"detail": "<sentence>", "code": "<machine_code>", ...}`.
+
+The mapping from ledger and provider exceptions to statuses is the table below, not `if` chains in
+handlers (api.md Part B 3, design.md section 10).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+import ledger
+from service.providers import ProviderError, ProviderTimeout
+
+
+class ApiError(Exception):
+    """An error answer decided in service/: status, code, sentence, and fields that help."""
+
+    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.extra = extra
+
+
+def _insufficient(exc: Exception) -> dict[str, Any]:
+    assert isinstance(exc, ledger.InsufficientTokens)
+    return {
+        "token_limit": ledger.from_milli(exc.limit_milli),
+        "token_used": ledger.from_milli(exc.used_milli),
+        "tokens_available": ledger.from_milli(exc.available_milli),
+        "tokens_needed": ledger.from_milli(exc.needed_milli),
+    }
+
+
+def _no_extra(_exc: Exception) -> dict[str, Any]:
+    return {}
+
+
+# Exception class -> (status, extra fields). The first class in MRO order that is listed wins.
+ERROR_TABLE: dict[type[Exception], tuple[int, Callable[[Exception], dict[str, Any]]]] = {
+    ledger.InsufficientTokens: (402, _insufficient),
+    ledger.ChatNotFound: (404, _no_extra),
+    ledger.ChatDeleted: (404, _no_extra),
+    ledger.ConfigNotFound: (404, _no_extra),
+    ledger.InvalidAmount: (422, _no_extra),
+    ledger.LimitTooLarge: (422, _no_extra),
+    # The model outlived the hold's deadline; its tokens were released, nothing was saved.
+    ledger.ReservationExpired: (504, _no_extra),
+    ledger.LedgerUnavailable: (503, _no_extra),
+    ProviderTimeout: (504, _no_extra),
+    ProviderError: (502, _no_extra),
+}
+
+# Seconds a client should wait before retrying a 503 (the store) or a 502/504 (the model).
+RETRY_AFTER_S = {502: 1, 503: 1, 504: 1}
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
+
+
+def error_body(code: str, detail: str, **extra: Any) -> bytes:
+    return msgspec.json.encode({"detail": detail, "code": code, **extra})
+
+
+def error_response(status: int, code: str, detail: str, **extra: Any) -> web.Response:
+    response = web.Response(
+        status=status, body=error_body(code, detail, **extra), content_type="application/json"
+    )
+    if status in RETRY_AFTER_S:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S[status])
+    return response
+
+
+def response_for(exc: Exception) -> web.Response | None:
+    """The JSON error for a known exception, or None when it is unexpected (a 500)."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.detail, **exc.extra)
+    if isinstance(exc, web.HTTPException):
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        detail = "Request body is too large." if exc.status == 413 else exc.reason + "."
+        response = error_response(exc.status, code, detail)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            status, extra = ERROR_TABLE[cls]
+            return error_response(status, getattr(exc, "code", "error"), str(exc), **extra(exc))
+    return None

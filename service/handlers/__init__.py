@@ -1,0 +1,12 @@
+"""Route tables of the API, in mounting order (see service/routing.py)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service.handlers import chats, config, health, messages, tokens
+
+
+def all_routes() -> list[web.RouteTableDef]:
+    # messages before chats: `/chats/messages/` is literal, `/chats/{chat_id}` is not.
+    return [health.routes, config.routes, messages.routes, tokens.routes, chats.routes]

@@ -1,0 +1,46 @@
+"""POST /chats/, GET /chats/by-config-id, GET /chats/{chat_id} (Part C), DELETE /chats/{chat_id}."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service.appkeys import LEDGER
+from service.handlers.common import json_response, tenant_of
+from service.requests import amount_milli, decode_body, decode_query, path_chat_id
+from service.schemas import CREATE_CHAT_DECODER, ChatListQuery, ChatOut, Page, chat_out
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/chats/")
+async def create_chat(request: web.Request) -> web.Response:
+    tenant = await tenant_of(request)
+    body = decode_body(await request.read(), CREATE_CHAT_DECODER)
+    limit_milli = amount_milli(body.token_limit, positive=False, field="token_limit")
+    chat = await request.app[LEDGER].create_chat(tenant.config, limit_milli)
+    return json_response(chat_out(chat))
+
+
+@routes.get("/chats/by-config-id")
+async def list_chats(request: web.Request) -> web.Response:
+    tenant = await tenant_of(request)
+    query = decode_query(request, ChatListQuery)
+    page = await request.app[LEDGER].list_chats(
+        tenant.config_id, offset=query.offset, limit=query.limit, include_deleted=query.include_deleted
+    )
+    items = [chat_out(chat) for chat in page.items]
+    return json_response(Page[ChatOut](items=items, total=page.total, limit=query.limit, offset=query.offset))
+
+
+@routes.get("/chats/{chat_id}")
+async def get_chat(request: web.Request) -> web.Response:
+    tenant = await tenant_of(request)
+    chat = await request.app[LEDGER].get_chat(tenant.config_id, path_chat_id(request))
+    return json_response(chat_out(chat))
+
+
+@routes.delete("/chats/{chat_id}")
+async def delete_chat(request: web.Request) -> web.Response:
+    tenant = await tenant_of(request)
+    chat = await request.app[LEDGER].delete_chat(tenant.config_id, path_chat_id(request))
+    return json_response(chat_out(chat))

@@ -1,0 +1,77 @@
+"""Cleanup contexts: each resource starts in order at startup and closes in reverse at shutdown, and
+only what started is closed (aiohttp "Cleanup Context"). Resources already placed in the app by the
+caller (tests inject a Redis client or a provider) are used and left to their owner."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+import ledger
+from service.appkeys import AUTH, EXCHANGE, LEDGER, PROVIDER, REDIS, SETTINGS, TENANTS
+from service.auth import Authenticator
+from service.demo import ensure_demo_config
+from service.exchange import Exchange
+from service.providers import provider_from_name
+
+log = structlog.get_logger("chatledger")
+
+
+async def redis_client(app: web.Application) -> AsyncIterator[None]:
+    if REDIS in app:
+        yield
+        return
+    settings = app[SETTINGS]
+    if settings.redis_url is None:
+        app[REDIS] = ledger.embedded_redis()
+        log.warning(
+            "embedded_redis",
+            note="No REDIS_URL: running on an in-process Redis (fakeredis with Lua). "
+            "Single process only; every chat is lost when it exits. Set REDIS_URL for real use.",
+        )
+    else:
+        app[REDIS] = ledger.connect(settings.redis_url)
+        log.info("redis", url=_without_password(settings.redis_url))
+    try:
+        yield
+    finally:
+        await app[REDIS].aclose()
+
+
+async def ledger_and_tenants(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    keys = ledger.Keyspace(settings.key_prefix)
+    app[LEDGER] = ledger.Ledger(app[REDIS], keys, settings.ledger_limits())
+    app[TENANTS] = ledger.TenantStore(app[REDIS], keys)
+    app[AUTH] = Authenticator(app[TENANTS], settings.auth_cache_ttl_s)
+    # Loads every script now: a broken script or an unreachable Redis fails the boot, not a request.
+    await app[LEDGER].start()
+    if settings.embedded:
+        await ensure_demo_config(app[TENANTS], settings)
+    yield
+
+
+async def model_provider(app: web.Application) -> AsyncIterator[None]:
+    owned = PROVIDER not in app
+    if owned:
+        app[PROVIDER] = provider_from_name(app[SETTINGS].provider)
+    provider = app[PROVIDER]
+    if provider.name == "offline":
+        log.warning(
+            "offline_model", note="Replies come from the built-in offline model, which is not an LLM."
+        )
+    app[EXCHANGE] = Exchange(app[LEDGER], provider, app[SETTINGS])
+    try:
+        yield
+    finally:
+        if owned:
+            await provider.close()
+
+
+def _without_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.split('@', 1)[1]}"

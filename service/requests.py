@@ -1,0 +1,69 @@
+"""Request bytes and query strings -> typed values, with the statuses of api.md Part B 2, 5, 6 and 10.
+
+Malformed JSON or a non-object body is 400, a missing or non-string `chat_id` is 400, any other missing
+or wrong-typed field is 422 with msgspec's `$.path` message as the detail. The typed decoder runs first;
+only a failed decode pays for the second, untyped look that tells a 400 from a 422.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+import ledger
+from service.errors import ApiError
+
+T = TypeVar("T")
+
+
+def decode_body(body: bytes, decoder: msgspec.json.Decoder[T], *, chat_id_field: bool = False) -> T:
+    try:
+        return decoder.decode(body)
+    # ValidationError subclasses DecodeError: it must be caught first.
+    except msgspec.ValidationError as exc:
+        shape = msgspec.json.decode(body)
+        if not isinstance(shape, dict):
+            raise ApiError(400, "invalid_body", "The request body must be a JSON object.") from exc
+        if chat_id_field and not isinstance(shape.get("chat_id"), str):
+            raise ApiError(400, "chat_id_required", "chat_id is required and must be a string.") from exc
+        raise ApiError(422, "validation_error", str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "malformed_json", "The request body is not valid JSON.") from exc
+
+
+def decode_query(request: web.Request, query_type: type[T]) -> T:
+    """Query parameters into `query_type`; numbers and booleans are parsed from their text."""
+    try:
+        return msgspec.convert(dict(request.query), query_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError(422, "validation_error", str(exc)) from exc
+
+
+def chat_id_from(value: str) -> str:
+    """The canonical chat id; any string that is not a UUID reads as an unknown chat (Part B 6)."""
+    chat_id = ledger.normalize_uuid(value)
+    if chat_id is None:
+        raise ledger.ChatNotFound()
+    return chat_id
+
+
+def path_chat_id(request: web.Request) -> str:
+    return chat_id_from(request.match_info["chat_id"])
+
+
+def checked_content(content: str, max_chars: int) -> str:
+    """The message as sent, if it has a visible character and fits the configured length (Part B 5)."""
+    if not content.strip():
+        raise ApiError(422, "invalid_content", "content must contain at least one non-space character.")
+    if len(content) > max_chars:
+        raise ApiError(422, "content_too_long", f"content must be at most {max_chars} characters.")
+    return content
+
+
+def amount_milli(tokens: float, *, positive: bool, field: str) -> int:
+    try:
+        return ledger.to_milli(tokens, positive=positive)
+    except ledger.InvalidAmount as exc:
+        raise ApiError(422, "invalid_amount", f"{field}: {exc}") from exc

@@ -1,0 +1,82 @@
+"""Settings from environment variables: the only module that reads os.environ.
+
+Every field `name` is read from `CHATLEDGER_<NAME>`, except `redis_url`, which is the conventional
+`REDIS_URL`. Values are parsed by msgspec, so `CHATLEDGER_PORT=abc` fails at start with a clear message.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+
+from ledger import LedgerLimits
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    # Mount point of the API, e.g. `/micro-apps/for-api-providers/chat-service` (api.md Part A).
+    base_path: str = ""
+    # Unset: the embedded in-process Redis (fakeredis), data lost on exit (design.md section 9).
+    redis_url: str | None = None
+    key_prefix: str = "cl"
+    # 'auto' is a readable console log on a terminal and JSON lines otherwise (production).
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Bodies above this are refused with 413; contents above max_content_chars with 422 (api.md B 5).
+    max_body_bytes: Positive = 1024 * 1024
+    max_content_chars: Positive = 16_000
+    provider: Literal["offline"] = "offline"
+    # Reply tokens asked of the model when the config does not say.
+    max_output_tokens: Positive = 512
+    # The history sent as context: at most this many messages and this many tokens, newest first.
+    history_messages: Annotated[int, msgspec.Meta(ge=0)] = 20
+    history_tokens: Annotated[int, msgspec.Meta(ge=0)] = 4000
+    # A hold outlives the longest model call; only a dead worker's hold expires (design.md section 4).
+    reservation_ttl_s: Positive = 120
+    # How long a worker trusts a resolved API key: the bound on how late a revocation takes effect.
+    auth_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    # The demo config's key in embedded mode; unset, a random one is made and logged at start.
+    demo_api_key: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+    def ledger_limits(self) -> LedgerLimits:
+        return LedgerLimits(reservation_ttl_ms=self.reservation_ttl_s * 1000)
+
+    @property
+    def api_prefix(self) -> str:
+        """The base path without a trailing slash: '' or '/some/path'."""
+        stripped = self.base_path.strip().rstrip("/")
+        return "" if not stripped else "/" + stripped.lstrip("/")
+
+
+def env_name(field: str) -> str:
+    return "REDIS_URL" if field == "redis_url" else f"CHATLEDGER_{field.upper()}"
+
+
+class SettingsError(ValueError):
+    """A setting from the environment could not be parsed; the message names the variable."""
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from the environment, then `overrides` (the CLI's flags) on top."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, object] = {}
+    for field in Settings.__struct_fields__:
+        value = env.get(env_name(field))
+        if value is not None and value != "":
+            raw[field] = value
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        field = str(exc).rsplit("$.", 1)[-1].rstrip("`")
+        raise SettingsError(f"{env_name(field)}: {exc}") from exc
