@@ -10,9 +10,10 @@ import math
 from decimal import ROUND_HALF_UP, Decimal
 
 from ledger.errors import InvalidAmount
-from ledger.limits import AMOUNT_MILLI_MAX, MILLI_PER_TOKEN
+from ledger.limits import AMOUNT_MILLI_MAX, AMOUNT_TOKENS_MAX, MILLI_PER_TOKEN
 
 _MILLI = Decimal(1) / MILLI_PER_TOKEN
+_TOO_LARGE = f"amount must be at most {AMOUNT_TOKENS_MAX} tokens"
 
 
 def to_milli(tokens: float, *, positive: bool = False) -> int:
@@ -22,11 +23,16 @@ def to_milli(tokens: float, *, positive: bool = False) -> int:
         raise InvalidAmount("amount must be a finite number")
     if tokens < 0:
         raise InvalidAmount("amount must not be negative")
-    milli = int(Decimal(repr(float(tokens))).quantize(_MILLI, rounding=ROUND_HALF_UP) * MILLI_PER_TOKEN)
+    exact = Decimal(repr(float(tokens)))
+    # Refuse huge values before quantizing: from 1e25 up, quantize exceeds the decimal context's 28 digits
+    # and raises decimal.InvalidOperation, which would surface as a 500 instead of a 422.
+    if exact > AMOUNT_TOKENS_MAX + 1:
+        raise InvalidAmount(_TOO_LARGE)
+    milli = int(exact.quantize(_MILLI, rounding=ROUND_HALF_UP) * MILLI_PER_TOKEN)
     if positive and milli == 0:
         raise InvalidAmount("amount must be positive (at least 0.001)")
     if milli > AMOUNT_MILLI_MAX:
-        raise InvalidAmount(f"amount must be at most {AMOUNT_MILLI_MAX // MILLI_PER_TOKEN} tokens")
+        raise InvalidAmount(_TOO_LARGE)
     return milli
 
 

@@ -13,7 +13,8 @@ import msgspec
 
 from ledger.results import StoredMessage
 
-_ID_RE = re.compile(r"^(\d{1,16})-(\d{1,10})$")
+# Used with fullmatch and ASCII digits only: `$` would accept a trailing newline and `\d` any Unicode digit.
+_ID_RE = re.compile(r"([0-9]{1,16})-([0-9]{1,10})")
 
 HistoryMode = Literal["offset", "after", "before"]
 
@@ -41,7 +42,7 @@ def format_message_id(entry_id: str) -> str:
 
 def parse_message_id(message_id: str) -> str | None:
     """The raw stream id for a message id (padded or not), or None when it is not one."""
-    match = _ID_RE.match(message_id)
+    match = _ID_RE.fullmatch(message_id)
     if not match:
         return None
     return f"{int(match[1])}-{int(match[2])}"

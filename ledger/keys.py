@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import re
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+# Used with fullmatch: `$` would also accept a trailing newline, which would then reach a key name.
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def normalize_uuid(value: str) -> str | None:
     """The canonical lowercase form of a UUID string, or None for anything else (read as not found)."""
     lowered = value.strip().lower()
-    return lowered if _UUID_RE.match(lowered) else None
+    return lowered if _UUID_RE.fullmatch(lowered) else None
 
 
 def _checked_uuid(value: str) -> str:
-    if not _UUID_RE.match(value):
+    if not _UUID_RE.fullmatch(value):
         raise ValueError(f"not a canonical UUID: {value!r}")
     return value
 
@@ -71,11 +72,11 @@ class Keyspace:
         return f"{self.config_tag(config_id)}:config"
 
     def config_chats(self, config_id: str) -> str:
-        """Sorted set: every chat id of the config scored by creation ms (include_deleted listing)."""
+        """Sorted set: every chat id of the config scored by creation time in microseconds."""
         return f"{self.config_tag(config_id)}:chats"
 
     def config_live_chats(self, config_id: str) -> str:
-        """Sorted set: the config's chats that are not deleted, scored by creation ms (default listing)."""
+        """Sorted set: the config's chats that are not deleted, scored like config_chats."""
         return f"{self.config_tag(config_id)}:live"
 
     def config_api_keys(self, config_id: str) -> str:
@@ -85,7 +86,7 @@ class Keyspace:
     # --- global -----------------------------------------------------------------------------------
     def api_key(self, digest: str) -> str:
         """String: config id for the SHA-256 digest of an API key."""
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise ValueError("an API key is looked up by its hex SHA-256 digest")
         return f"{self.prefix}:apikey:{digest}"
 

@@ -102,10 +102,13 @@ class Ledger:
         one pipeline, index first, so a crash leaves at most an index entry without a chat, which
         listings skip and repair (design.md section 3)."""
         chat_id = str(uuid.uuid4())
-        created_ms = int(time.time() * 1000)
+        # The index is scored in microseconds so chats created in one millisecond still list in
+        # creation order (1.8e15 us is exact in a double score).
+        created_us = time.time_ns() // 1000
+        created_ms = created_us // 1000
         async with self.redis.pipeline(transaction=False) as pipe:
-            _ = pipe.zadd(self.keys.config_chats(config.config_id), {chat_id: created_ms})
-            _ = pipe.zadd(self.keys.config_live_chats(config.config_id), {chat_id: created_ms})
+            _ = pipe.zadd(self.keys.config_chats(config.config_id), {chat_id: created_us})
+            _ = pipe.zadd(self.keys.config_live_chats(config.config_id), {chat_id: created_us})
             await self.scripts.create_chat(
                 keys=[self.keys.chat_meta(chat_id)],
                 args=[config.config_id, limit_milli, created_ms, config.agent_name, config.company_name],
@@ -181,12 +184,12 @@ class Ledger:
             for chat_id, _score in ids_with_scores:
                 _ = pipe.hgetall(self.keys.chat_meta(chat_id))
             metas: list[dict[str, str]] = await pipe.execute() if ids_with_scores else []
-        now_ms = int(time.time() * 1000)
+        now_us = time.time_ns() // 1000
         items: list[ChatState] = []
         stale: list[str] = []
         for (chat_id, score), fields in zip(ids_with_scores, metas, strict=True):
             if not fields:
-                if now_ms - score > self.limits.orphan_grace_ms:
+                if now_us - score > self.limits.orphan_grace_ms * 1000:
                     stale.append(chat_id)
                 continue
             chat = _chat_from_hash(chat_id, fields)

@@ -23,14 +23,23 @@ def decode_body(body: bytes, decoder: msgspec.json.Decoder[T], *, chat_id_field:
         return decoder.decode(body)
     # ValidationError subclasses DecodeError: it must be caught first.
     except msgspec.ValidationError as exc:
-        shape = msgspec.json.decode(body)
-        if not isinstance(shape, dict):
+        shape = _untyped(body)
+        if shape is not None and not isinstance(shape, dict):
             raise ApiError(400, "invalid_body", "The request body must be a JSON object.") from exc
-        if chat_id_field and not isinstance(shape.get("chat_id"), str):
+        if chat_id_field and isinstance(shape, dict) and not isinstance(shape.get("chat_id"), str):
             raise ApiError(400, "chat_id_required", "chat_id is required and must be a string.") from exc
         raise ApiError(422, "validation_error", str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ApiError(400, "malformed_json", "The request body is not valid JSON.") from exc
+
+
+def _untyped(body: bytes) -> object | None:
+    """The body as plain JSON values, or None when even that fails (a number out of float range)."""
+    try:
+        shape: object = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
+    return shape
 
 
 def decode_query(request: web.Request, query_type: type[T]) -> T:

@@ -1,0 +1,493 @@
+"""Exact invariants under concurrency, on a real Redis only (style.md 17, design.md sections 2 and 4).
+
+Many workers are simulated by several Ledger instances, each on its own client and connection pool; the
+state machine interleaves every money operation and compares Redis with an exact model after each step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar, cast
+
+import pytest
+import pytest_asyncio
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from redis.asyncio import Redis
+
+from ledger import (
+    ConfigRecord,
+    HistoryQuery,
+    InsufficientTokens,
+    Keyspace,
+    Ledger,
+    LedgerLimits,
+    Reservation,
+    ReservationAlreadySettled,
+    ReservationAlreadyVoided,
+    ReservationError,
+    ReservationExpired,
+    ReservationNotFound,
+    Settlement,
+    StoredMessage,
+    TenantStore,
+    connect,
+)
+from tests.redis_servers import RedisServer
+
+pytestmark = pytest.mark.redis
+
+T = TypeVar("T")
+
+WORKERS = 3
+EXCHANGES = 300
+
+
+@pytest_asyncio.fixture
+async def worker_ledgers(
+    real_redis: Redis, redis_server: RedisServer, keyspace: Keyspace
+) -> AsyncIterator[list[Ledger]]:
+    """One started Ledger per simulated worker, each on its own client; all closed afterwards."""
+    clients = [connect(redis_server.url) for _ in range(WORKERS)]
+    try:
+        ledgers = [Ledger(client, keyspace) for client in clients]
+        for ledger in ledgers:
+            await ledger.start()
+        yield ledgers
+    finally:
+        for client in clients:
+            await client.aclose()
+
+
+@dataclass
+class Outcome:
+    index: int
+    settlement: Settlement | None = None
+    error: BaseException | None = None
+
+
+class TestConcurrentExchanges:
+    async def test_many_workers_one_chat(
+        self, worker_ledgers: list[Ledger], real_redis: Redis, keyspace: Keyspace
+    ) -> None:
+        """300 exchanges from 3 concurrent workers on one chat never overspend, charging each success once."""
+        tenants = TenantStore(real_redis, keyspace)
+        config = await tenants.create_config(agent_name="Agent", company_name="Co")
+        limit_milli = 2_000_000  # pays for a small part of the exchanges below
+        chat = await worker_ledgers[0].create_chat(config, limit_milli)
+        # Two waves: the even exchanges start at once; the odd ones start when 20 of the first wave have
+        # settled (or the whole wave is done), so their reserves race with settles and history writes.
+        second_wave = asyncio.Event()
+        first_wave_settled = itertools.count(1)
+        first_wave_done = itertools.count(1)
+
+        async def exchange(index: int) -> Outcome:
+            if index % 2:
+                await second_wave.wait()
+            try:
+                return await one_exchange(index)
+            finally:
+                if index % 2 == 0 and next(first_wave_done) == EXCHANGES // 2:
+                    second_wave.set()
+
+        async def one_exchange(index: int) -> Outcome:
+            ledger = worker_ledgers[index % WORKERS]
+            try:
+                reservation = await ledger.reserve(
+                    config,
+                    chat.chat_id,
+                    prompt_tokens=5 + index % 11,
+                    completion_tokens_max=25,
+                    history_tokens_max=30,
+                    history_count_max=4,
+                )
+            except InsufficientTokens as exc:
+                return Outcome(index, error=exc)
+            for _ in range(index % 4):  # the model call, of varying length
+                await asyncio.sleep(0)
+            reply_tokens = min(reservation.completion_tokens_max, index % 26)
+            settlement = await ledger.settle(
+                reservation,
+                charge_milli=reservation.prompt_milli + reply_tokens * config.completion_weight_milli,
+                user_content=f"q{index}",
+                user_tokens=1 + index % 3,
+                reply_content=f"a{index}",
+                reply_tokens=reply_tokens,
+            )
+            if index % 2 == 0 and next(first_wave_settled) == 20:
+                second_wave.set()
+            return Outcome(index, settlement=settlement)
+
+        outcomes = await asyncio.gather(
+            *(exchange(index) for index in range(EXCHANGES)), return_exceptions=True
+        )
+
+        failures = [outcome for outcome in outcomes if not isinstance(outcome, Outcome)]
+        assert failures == []
+        done = cast(list[Outcome], outcomes)
+        successes = {outcome.index: outcome.settlement for outcome in done if outcome.settlement is not None}
+        refused = [outcome.error for outcome in done if outcome.settlement is None]
+        assert all(isinstance(error, InsufficientTokens) for error in refused)
+        assert successes, "the limit pays for some exchanges"
+        assert refused, "the limit does not pay for all exchanges"
+        insufficient = cast(list[InsufficientTokens], refused)
+        # The scenario did what it is for: refusals with holds open, and after spending began.
+        assert any(e.available_milli < e.limit_milli - e.used_milli for e in insufficient), (
+            "holds refused some"
+        )
+        assert any(error.used_milli > 0 for error in insufficient), "reserves raced with settles"
+        assert len(successes) + len(refused) == EXCHANGES
+
+        state = await worker_ledgers[1].get_chat(config.config_id, chat.chat_id)
+        assert state.used_milli <= state.limit_milli == limit_milli
+        assert state.reserved_milli == 0
+        assert sum(settlement.charged_milli for settlement in successes.values()) == state.used_milli
+        assert all(settlement.shortfall_milli == 0 for settlement in successes.values())
+
+        page = await worker_ledgers[2].read_history(
+            config.config_id, chat.chat_id, HistoryQuery(limit=10_000)
+        )
+        assert page.total == len(page.items) == 2 * len(successes)
+        _assert_pairs(page.items, successes)
+
+
+def _assert_pairs(history: list[StoredMessage], successes: Mapping[int, Settlement]) -> None:
+    """History alternates user/reply, each reply right after its own user message, each success once."""
+    seen: set[int] = set()
+    for user, reply in zip(history[::2], history[1::2], strict=True):
+        assert (user.is_user, reply.is_user) == (True, False)
+        index = int(user.content.removeprefix("q"))
+        assert reply.content == f"a{index}"
+        settlement = successes[index]
+        assert reply.charged_milli == settlement.charged_milli
+        assert (user.message_id, reply.message_id) == (
+            settlement.user_message.message_id,
+            settlement.ai_message.message_id,
+        )
+        seen.add(index)
+    assert seen == set(successes)
+
+
+# --- the state machine ---------------------------------------------------------------------------------
+
+SHORT_TTL_MS = 30
+# Timing margin for deciding, from this process's clock, whether Redis must (or cannot) have seen a
+# short hold's deadline pass: both clocks are this machine's, but they tick separately.
+CLOCK_SLACK_MS = 3.0
+
+
+@dataclass
+class Hold:
+    reservation: Reservation
+    short: bool
+    issued_before_ms: float
+    issued_after_ms: float
+
+
+@dataclass
+class Model:
+    """What Redis must hold: the balance, the open holds, the resolved reservations (with the error a
+    replay must raise) and the tokens of every history message."""
+
+    limit: int
+    used: int = 0
+    expired: int = 0
+    holds: dict[str, Hold] = field(default_factory=dict)
+    resolved: dict[str, tuple[Reservation, type[ReservationError]]] = field(default_factory=dict)
+    history_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def reserved(self) -> int:
+        return sum(hold.reservation.granted_milli for hold in self.holds.values())
+
+    def resolve(self, reservation_id: str, replay_error: type[ReservationError]) -> None:
+        self.resolved[reservation_id] = (self.holds.pop(reservation_id).reservation, replay_error)
+
+    def expire(self, reservation_id: str) -> None:
+        self.resolve(reservation_id, ReservationExpired)
+        self.expired += 1
+
+
+def _now_ms() -> float:
+    return time.monotonic() * 1000
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Reserve, settle (charges above the grant included), void, top up and expire, in any order."""
+
+    url: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        assert self.url, "set LedgerMachine.url to the test Redis first"
+        self.loop = asyncio.new_event_loop()
+        self.redis = connect(self.url)
+        self.keys = Keyspace("clmachine")
+        self.long = Ledger(self.redis, self.keys)
+        self.short = Ledger(self.redis, self.keys, LedgerLimits(reservation_ttl_ms=SHORT_TTL_MS))
+        self.config: ConfigRecord | None = None
+        self.chat_id = ""
+        self.model = Model(limit=0)
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        return self.loop.run_until_complete(awaitable)
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.redis.aclose())
+        finally:
+            self.loop.close()
+
+    # --- setup ---------------------------------------------------------------------------------------
+    @initialize(
+        limit=st.integers(min_value=0, max_value=400_000),
+        prompt_weight=st.sampled_from([0, 500, 1000, 1500]),
+        completion_weight=st.sampled_from([0, 1000, 2500]),
+    )
+    def create_chat(self, limit: int, prompt_weight: int, completion_weight: int) -> None:
+        """A fresh config with drawn weights and a chat with a drawn limit: no state leaks between runs."""
+        self.run(self.long.start())
+        tenants = TenantStore(self.redis, self.keys)
+        self.config = self.run(
+            tenants.create_config(
+                agent_name="Agent",
+                company_name="Co",
+                prompt_weight_milli=prompt_weight,
+                completion_weight_milli=completion_weight,
+            )
+        )
+        self.chat_id = self.run(self.long.create_chat(self.config, limit)).chat_id
+        self.model = Model(limit=limit)
+
+    # --- expiry bookkeeping ------------------------------------------------------------------------------
+    def _call_reaping(self, operation: Awaitable[T]) -> T | BaseException:
+        """Run an operation that reaps due holds first, then apply to the model the reaps Redis did.
+
+        Whether a short hold was due when the script ran is certain from this process's clock except
+        in a window of a few ms around its deadline; there the `expired` counter in the chat's meta says
+        how many were reaped, and holds are reaped in deadline order, so the model follows exactly."""
+        started = _now_ms()
+        try:
+            result: T | BaseException = self.run(operation)
+        except (InsufficientTokens, ReservationError) as exc:
+            result = exc
+        finished = _now_ms()
+        short_holds = sorted(
+            (hold for hold in self.model.holds.values() if hold.short), key=lambda hold: hold.issued_after_ms
+        )
+        surely = [h for h in short_holds if started - h.issued_after_ms >= SHORT_TTL_MS + CLOCK_SLACK_MS]
+        maybe = [
+            h
+            for h in short_holds
+            if h not in surely and finished - h.issued_before_ms > SHORT_TTL_MS - CLOCK_SLACK_MS
+        ]
+        counted = int(cast(str, self.run(self.redis.hget(self.keys.chat_meta(self.chat_id), "expired"))))
+        extra = counted - self.model.expired - len(surely)
+        assert 0 <= extra <= len(maybe), (counted, self.model.expired, len(surely), len(maybe))
+        for hold in surely + maybe[:extra]:
+            self.model.expire(hold.reservation.reservation_id)
+        return result
+
+    # --- rules ---------------------------------------------------------------------------------------
+    @rule(
+        prompt_tokens=st.integers(min_value=0, max_value=60),
+        completion_tokens_max=st.integers(min_value=0, max_value=80),
+        history_tokens_max=st.integers(min_value=0, max_value=40),
+        history_count_max=st.integers(min_value=0, max_value=5),
+        short=st.booleans(),
+    )
+    def reserve(
+        self,
+        prompt_tokens: int,
+        completion_tokens_max: int,
+        history_tokens_max: int,
+        history_count_max: int,
+        short: bool,
+    ) -> None:
+        """Reserve with a short or a long deadline; the model prices the context and the grant itself."""
+        assert self.config is not None
+        before = _now_ms()
+        result = self._call_reaping(
+            (self.short if short else self.long).reserve(
+                self.config,
+                self.chat_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens_max=completion_tokens_max,
+                history_tokens_max=history_tokens_max,
+                history_count_max=history_count_max,
+            )
+        )
+        after = _now_ms()
+        model, config = self.model, self.config
+        context_tokens: list[int] = []
+        for tokens in reversed(model.history_tokens[max(0, len(model.history_tokens) - history_count_max) :]):
+            if sum(context_tokens) + tokens > history_tokens_max:
+                break
+            context_tokens.append(tokens)
+        prompt = (prompt_tokens + sum(context_tokens)) * config.prompt_weight_milli
+        available = model.limit - model.used - model.reserved
+        needed = prompt + config.completion_weight_milli
+        if available < needed:
+            assert isinstance(result, InsufficientTokens), result
+            assert (result.available_milli, result.needed_milli) == (available, needed)
+            assert (result.limit_milli, result.used_milli) == (model.limit, model.used)
+            return
+        assert isinstance(result, Reservation), result
+        completion = completion_tokens_max
+        if config.completion_weight_milli > 0:
+            completion = min(completion, (available - prompt) // config.completion_weight_milli)
+        assert result.prompt_milli == prompt
+        assert result.completion_tokens_max == completion
+        assert result.granted_milli == prompt + completion * config.completion_weight_milli
+        assert [message.tokens for message in reversed(result.context)] == context_tokens
+        model.holds[result.reservation_id] = Hold(result, short, before, after)
+
+    def _open(self, pick: int) -> Reservation:
+        holds = list(self.model.holds.values())
+        return holds[pick % len(holds)].reservation
+
+    @precondition(lambda self: bool(self.model.holds))
+    @rule(
+        pick=st.integers(min_value=0, max_value=1000),
+        extra_milli=st.integers(min_value=-50_000, max_value=500_000),
+        reply_tokens=st.integers(min_value=0, max_value=9),
+        flags=st.sampled_from(["", "t", "e"]),
+    )
+    def settle(self, pick: int, extra_milli: int, reply_tokens: int, flags: str) -> None:
+        """Settle an open hold, charging anything from less than its grant to far more than the chat has."""
+        reservation = self._open(pick)
+        charge = max(0, reservation.granted_milli + extra_milli)
+        result = self._call_reaping(
+            self.long.settle(
+                reservation,
+                charge_milli=charge,
+                user_content="q",
+                user_tokens=1,
+                reply_content="a",
+                reply_tokens=reply_tokens,
+                flags=flags,
+            )
+        )
+        model = self.model
+        if reservation.reservation_id not in model.holds:  # it passed its deadline before this settle
+            assert isinstance(result, ReservationExpired), result
+            return
+        assert isinstance(result, Settlement), result
+        model.resolve(reservation.reservation_id, ReservationAlreadySettled)
+        charged = min(charge, model.limit - model.used - model.reserved)
+        model.used += charged
+        model.history_tokens += [1, reply_tokens]
+        assert (result.charged_milli, result.shortfall_milli) == (charged, charge - charged)
+        assert result.ai_message.flags == flags + ("s" if charge > charged else "")
+        assert (result.limit_milli, result.used_milli, result.reserved_milli) == (
+            model.limit,
+            model.used,
+            model.reserved,
+        )
+
+    @precondition(lambda self: bool(self.model.holds))
+    @rule(pick=st.integers(min_value=0, max_value=1000))
+    def void(self, pick: int) -> None:
+        """Void an open hold: its whole grant is released."""
+        reservation = self._open(pick)
+        result = self._call_reaping(self.long.void(reservation))
+        if reservation.reservation_id not in self.model.holds:
+            assert isinstance(result, ReservationExpired), result
+            return
+        assert isinstance(result, int), result
+        assert result == reservation.granted_milli
+        self.model.resolve(reservation.reservation_id, ReservationAlreadyVoided)
+
+    @precondition(lambda self: bool(self.model.resolved))
+    @rule(pick=st.integers(min_value=0, max_value=1000), settle=st.booleans())
+    def replay(self, pick: int, settle: bool) -> None:
+        """Settling or voiding a resolved reservation again raises the error naming how it ended."""
+        resolved = list(self.model.resolved.values())
+        reservation, replay_error = resolved[pick % len(resolved)]
+        operation = (
+            self.long.settle(
+                reservation,
+                charge_milli=1000,
+                user_content="q",
+                user_tokens=1,
+                reply_content="a",
+                reply_tokens=1,
+            )
+            if settle
+            else self.long.void(reservation)
+        )
+        result = self._call_reaping(operation)
+        assert type(result) is replay_error, result
+
+    @precondition(lambda self: self.model.limit - self.model.used - self.model.reserved < 100_000)
+    @rule(add_milli=st.integers(min_value=1, max_value=150_000))
+    def top_up(self, add_milli: int) -> None:
+        """Raise the limit of a chat running low; top-up does not reap."""
+        assert self.config is not None
+        state = self.run(self.long.top_up(self.config.config_id, self.chat_id, add_milli))
+        self.model.limit += add_milli
+        assert state.limit_milli == self.model.limit
+
+    @precondition(lambda self: any(hold.short for hold in self.model.holds.values()))
+    @rule()
+    def expire(self) -> None:
+        """Let every short hold pass its deadline, then trigger a reap with a void of an unknown id."""
+        newest = max(hold.issued_after_ms for hold in self.model.holds.values() if hold.short)
+        time.sleep(max(0.0, newest + SHORT_TTL_MS + 2 * CLOCK_SLACK_MS - _now_ms()) / 1000)
+        unknown = Reservation(
+            chat_id=self.chat_id,
+            reservation_id=uuid.uuid4().hex,
+            granted_milli=1,
+            prompt_milli=1,
+            completion_tokens_max=1,
+            context=[],
+        )
+        result = self._call_reaping(self.long.void(unknown))
+        assert isinstance(result, ReservationNotFound), result
+        assert not any(hold.short for hold in self.model.holds.values())
+
+    # --- invariants ----------------------------------------------------------------------------------
+    @invariant()
+    def balance_matches_the_model(self) -> None:
+        """The design's invariant holds and Redis's counters and open holds are the model's, exactly."""
+        if self.config is None:
+            return
+        state = self.run(self.long.get_chat(self.config.config_id, self.chat_id))
+        open_holds = cast(
+            dict[str, str], self.run(self.redis.hgetall(self.keys.chat_reservations(self.chat_id)))
+        )
+        open_amounts = {rid: int(value) for rid, value in open_holds.items() if value.isdigit()}
+        assert state.used_milli >= 0
+        assert state.reserved_milli >= 0
+        assert state.used_milli + state.reserved_milli <= state.limit_milli
+        assert state.reserved_milli == sum(open_amounts.values())
+        model = self.model
+        assert (state.limit_milli, state.used_milli, state.reserved_milli) == (
+            model.limit,
+            model.used,
+            model.reserved,
+        )
+        assert open_amounts == {rid: hold.reservation.granted_milli for rid, hold in model.holds.items()}
+
+
+class TestLedgerStateMachine:
+    def test_model_equals_redis_after_every_step(self, redis_server: RedisServer) -> None:
+        """Any interleaving of reserve, settle, void, top-up and expiry keeps Redis equal to a model."""
+        LedgerMachine.url = redis_server.url
+        run_state_machine_as_test(
+            LedgerMachine,
+            settings=settings(max_examples=40, stateful_step_count=25, deadline=None, database=None),
+        )
