@@ -35,6 +35,19 @@ local function load_chat(meta_key)
   }
 end
 
+-- The caller's live chat, or nil and the status saying why not: a chat of another config reads as not
+-- found (api.md Part B 7), a deleted one as deleted.
+local function owned_chat(meta_key, config_id)
+  local chat = load_chat(meta_key)
+  if not chat or chat.config ~= config_id then
+    return nil, 'not_found'
+  end
+  if chat.deleted then
+    return nil, 'deleted'
+  end
+  return chat, nil
+end
+
 -- Lazy reaping: release open holds whose deadline has passed (their worker died or hung) and forget
 -- resolved reservations past retention. Bounded per call; what is left is reaped by the next call.
 -- Subtracts the released amount from chat.reserved and writes it back, so callers see true figures.
@@ -80,4 +93,21 @@ end
 local function resolve(deadlines_key, reservations_key, id, state, now, retention_ms)
   redis.call('HSET', reservations_key, id, state)
   redis.call('ZADD', deadlines_key, int(now + retention_ms), id)
+end
+
+-- The shared opening of settle and void: load the chat, reap due holds (this one included, if its
+-- deadline passed), and find the reservation still open. Returns chat, granted milli-tokens and the
+-- server time, or nil and (in the second place) the status saying why not.
+local function open_reservation(meta_key, deadlines_key, reservations_key, id, retention_ms)
+  local chat = load_chat(meta_key)
+  if not chat then
+    return nil, 'not_found'
+  end
+  local now = now_ms()
+  reap(meta_key, deadlines_key, reservations_key, chat, now, retention_ms)
+  local granted, status = open_amount(reservations_key, id)
+  if not granted then
+    return nil, status
+  end
+  return chat, granted, now
 end

@@ -7,12 +7,9 @@
 local meta = KEYS[1]
 local config_id = ARGV[1]
 
-local chat = load_chat(meta)
-if not chat or chat.config ~= config_id then
-  return {'not_found'}
-end
-if chat.deleted then
-  return {'deleted'}
+local chat, status = owned_chat(meta, config_id)
+if not chat then
+  return {status}
 end
 redis.call('HSET', meta, 'deleted', '1', 'deleted_at', int(now_ms()))
 local reply = redis.call('HGETALL', meta)

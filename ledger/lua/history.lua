@@ -15,12 +15,9 @@ local mode = ARGV[2]
 local position = ARGV[3]
 local limit = tonumber(ARGV[4])
 
-local chat = load_chat(meta)
-if not chat or chat.config ~= config_id then
-  return {'not_found'}
-end
-if chat.deleted then
-  return {'deleted'}
+local chat, status = owned_chat(meta, config_id)
+if not chat then
+  return {status}
 end
 
 -- Walk n entries from `start` towards `stop` and return the exclusive bound just past them (nil when

@@ -26,12 +26,9 @@ local history_count_max = tonumber(ARGV[8])
 local ttl_ms = tonumber(ARGV[9])
 local retention_ms = tonumber(ARGV[10])
 
-local chat = load_chat(meta)
-if not chat or chat.config ~= config_id then
-  return {'not_found'}
-end
-if chat.deleted then
-  return {'deleted'}
+local chat, status = owned_chat(meta, config_id)
+if not chat then
+  return {status}
 end
 if redis.call('HEXISTS', reservations, reservation_id) == 1 then
   return redis.error_reply('reserve: reservation id already in use')

@@ -18,15 +18,9 @@ local reply_content, reply_tokens = ARGV[5], ARGV[6]
 local flags = ARGV[7]
 local retention_ms = tonumber(ARGV[8])
 
-local chat = load_chat(meta)
+local chat, granted, now = open_reservation(meta, deadlines, reservations, reservation_id, retention_ms)
 if not chat then
-  return {'not_found'}
-end
-local now = now_ms()
-reap(meta, deadlines, reservations, chat, now, retention_ms)
-local granted, status = open_amount(reservations, reservation_id)
-if not granted then
-  return {status}
+  return {granted} -- on failure the second value is the status
 end
 
 chat.reserved = chat.reserved - granted

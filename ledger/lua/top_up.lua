@@ -8,12 +8,9 @@ local config_id = ARGV[1]
 local add_milli = tonumber(ARGV[2])
 local limit_milli_max = tonumber(ARGV[3])
 
-local chat = load_chat(meta)
-if not chat or chat.config ~= config_id then
-  return {'not_found'}
-end
-if chat.deleted then
-  return {'deleted'}
+local chat, status = owned_chat(meta, config_id)
+if not chat then
+  return {status}
 end
 -- The bound keeps every balance below 2^53, where Lua's doubles stop being exact.
 if chat.limit + add_milli > limit_milli_max then

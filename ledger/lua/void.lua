@@ -8,15 +8,9 @@ local meta, deadlines, reservations = KEYS[1], KEYS[3], KEYS[4]
 local reservation_id = ARGV[1]
 local retention_ms = tonumber(ARGV[2])
 
-local chat = load_chat(meta)
+local chat, granted, now = open_reservation(meta, deadlines, reservations, reservation_id, retention_ms)
 if not chat then
-  return {'not_found'}
-end
-local now = now_ms()
-reap(meta, deadlines, reservations, chat, now, retention_ms)
-local granted, status = open_amount(reservations, reservation_id)
-if not granted then
-  return {status}
+  return {granted} -- on failure the second value is the status
 end
 chat.reserved = chat.reserved - granted
 redis.call('HSET', meta, 'reserved', int(chat.reserved))
