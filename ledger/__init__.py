@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ledger.amounts import from_milli, to_milli
-from ledger.connection import connect, embedded_redis
+from ledger.connection import RedisClient, connect, embedded_redis
 from ledger.errors import (
     ChatDeleted,
     ChatNotFound,
@@ -59,6 +59,7 @@ __all__ = [
     "LedgerLimits",
     "LedgerUnavailable",
     "LimitTooLarge",
+    "RedisClient",
     "Reservation",
     "ReservationAlreadySettled",
     "ReservationAlreadyVoided",

@@ -6,8 +6,14 @@ is gone when the process exits. It exists so a newcomer needs no Redis server (d
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import fakeredis
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+
+# What every ledger class accepts: one node (or the embedded fakeredis), or a Redis Cluster. Every chat
+# script touches one slot (ledger/keys.py), so both run the same scripts.
+RedisClient: TypeAlias = Redis | RedisCluster
 
 
 def connect(url: str, *, max_connections: int = 100) -> Redis:

@@ -10,8 +10,7 @@ import time
 import uuid
 from typing import cast
 
-from redis.asyncio import Redis
-
+from ledger.connection import RedisClient
 from ledger.errors import (
     ChatDeleted,
     ChatNotFound,
@@ -80,7 +79,7 @@ def _chat_from_reply(chat_id: str, reply: list[str]) -> ChatState:
 class Ledger:
     """The chat ledger on one Redis client. Construct once per process; `start()` before use."""
 
-    def __init__(self, redis: Redis, keys: Keyspace, limits: LedgerLimits | None = None) -> None:
+    def __init__(self, redis: RedisClient, keys: Keyspace, limits: LedgerLimits | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.limits = limits or LedgerLimits()
@@ -112,7 +111,9 @@ class Ledger:
             await self.scripts.create_chat(
                 keys=[self.keys.chat_meta(chat_id)],
                 args=[config.config_id, limit_milli, created_ms, config.agent_name, config.company_name],
-                client=pipe,
+                # redis-py's hint omits pipelines, which AsyncScript.__call__ supports (it queues the
+                # script's SCRIPT LOAD with the pipeline).
+                client=pipe,  # type: ignore[arg-type]
             )
             await pipe.execute()
         return ChatState(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from ledger.connection import RedisClient
 from ledger.limits import HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
 
 SCRIPT_NAMES = ("create_chat", "reserve", "settle", "void", "top_up", "delete_chat", "history")
@@ -34,7 +34,7 @@ class Scripts:
     """The registered scripts of one client. `AsyncScript.__call__` already does EVALSHA, and on
     NOSCRIPT (a Redis restart or failover) SCRIPT LOAD and EVALSHA again."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self.create_chat: AsyncScript = redis.register_script(_SOURCES["create_chat"])
         self.reserve: AsyncScript = redis.register_script(_SOURCES["reserve"])

@@ -15,8 +15,8 @@ import uuid
 from typing import Any, cast
 
 import msgspec
-from redis.asyncio import Redis
 
+from ledger.connection import RedisClient
 from ledger.errors import ConfigNotFound, wrap_redis_errors
 from ledger.keys import Keyspace
 from ledger.results import ConfigRecord, IssuedKey, KeyInfo
@@ -44,7 +44,7 @@ def key_digest(api_key: str) -> str:
 
 
 class TenantStore:
-    def __init__(self, redis: Redis, keys: Keyspace) -> None:
+    def __init__(self, redis: RedisClient, keys: Keyspace) -> None:
         self.redis = redis
         self.keys = keys
 

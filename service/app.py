@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from aiohttp import web
-from redis.asyncio import Redis
 
+from ledger import RedisClient
 from service import handlers, lifecycle
 from service.appkeys import PROVIDER, REDIS, SETTINGS
 from service.middlewares import render_errors, request_context
@@ -14,7 +14,7 @@ from service.settings import Settings
 
 
 def create_app(
-    settings: Settings, *, redis: Redis | None = None, provider: Provider | None = None
+    settings: Settings, *, redis: RedisClient | None = None, provider: Provider | None = None
 ) -> web.Application:
     """The application. `redis` and `provider`, when given, are used instead of those the settings
     name, and are not closed by the app (tests own them)."""

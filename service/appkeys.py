@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from aiohttp import web
-from redis.asyncio import Redis
 
-from ledger import Ledger, TenantStore
+from ledger import Ledger, RedisClient, TenantStore
 from service.auth import Authenticator
 from service.exchange import Exchange
 from service.providers import Provider
 from service.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+# A union is no runtime type, so this key is typed by annotation.
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 LEDGER = web.AppKey("ledger", Ledger)
 TENANTS = web.AppKey("tenants", TenantStore)
 AUTH = web.AppKey("auth", Authenticator)
