@@ -11,6 +11,9 @@ from ledger.errors import (
     ChatDeleted,
     ChatNotFound,
     ConfigNotFound,
+    DuplicateInFlight,
+    ExchangeReplayed,
+    IdempotencyKeyReused,
     InsufficientTokens,
     InvalidAmount,
     LedgerError,
@@ -23,6 +26,7 @@ from ledger.errors import (
     ReservationNotFound,
 )
 from ledger.history import HistoryQuery, parse_message_id
+from ledger.idempotency import IdempotencyKey
 from ledger.keys import Keyspace, normalize_uuid
 from ledger.ledger import Ledger
 from ledger.limits import AMOUNT_TOKENS_MAX, LedgerLimits
@@ -32,7 +36,9 @@ from ledger.results import (
     ConfigRecord,
     HistoryPage,
     IssuedKey,
+    JournalEntry,
     KeyInfo,
+    Reconciliation,
     Reservation,
     Settlement,
     StoredMessage,
@@ -47,11 +53,16 @@ __all__ = [
     "ChatState",
     "ConfigNotFound",
     "ConfigRecord",
+    "DuplicateInFlight",
+    "ExchangeReplayed",
     "HistoryPage",
     "HistoryQuery",
+    "IdempotencyKey",
+    "IdempotencyKeyReused",
     "InsufficientTokens",
     "InvalidAmount",
     "IssuedKey",
+    "JournalEntry",
     "KeyInfo",
     "Keyspace",
     "Ledger",
@@ -59,6 +70,7 @@ __all__ = [
     "LedgerLimits",
     "LedgerUnavailable",
     "LimitTooLarge",
+    "Reconciliation",
     "RedisClient",
     "Reservation",
     "ReservationAlreadySettled",

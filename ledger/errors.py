@@ -115,3 +115,32 @@ def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
             raise LedgerUnavailable(f"The token store failed: {type(exc).__name__}.") from exc
 
     return wrapper
+
+
+class DuplicateInFlight(LedgerError):
+    """A request with this Idempotency-Key is still being served (409)."""
+
+    code = "idempotency_in_flight"
+
+    def __init__(self) -> None:
+        super().__init__("A request with this Idempotency-Key is still in progress; retry later.")
+
+
+class IdempotencyKeyReused(LedgerError):
+    """The Idempotency-Key was used before with a different request (422)."""
+
+    code = "idempotency_key_reused"
+
+    def __init__(self) -> None:
+        super().__init__("This Idempotency-Key was used with a different request.")
+
+
+class ExchangeReplayed(LedgerError):
+    """The Idempotency-Key's exchange completed before: `message` is the reply that was saved, to be
+    answered again without a model call or a charge."""
+
+    code = "idempotency_replayed"
+
+    def __init__(self, message: object) -> None:
+        self.message = message
+        super().__init__("This exchange was completed before; its reply is answered again.")

@@ -54,13 +54,25 @@ class Keyspace:
         """Hash: reservation id -> granted milli-tokens while open, or a one-letter resolved state."""
         return f"{self.chat_tag(chat_id)}:resv"
 
+    def chat_journal(self, chat_id: str) -> str:
+        """Stream: one entry per balance move (create, reserve, settle, void, expire, top_up), written by
+        the script that moves it; the entries' deltas add up to the meta counters exactly."""
+        return f"{self.chat_tag(chat_id)}:journal"
+
+    def chat_idempotency(self, chat_id: str, key_digest: str) -> str:
+        """String with a TTL: the record of one Idempotency-Key on this chat (design.md section 5)."""
+        if not _DIGEST_RE.fullmatch(key_digest):
+            raise ValueError("an idempotency key is stored by its hex SHA-256 digest")
+        return f"{self.chat_tag(chat_id)}:idem:{key_digest}"
+
     def chat_keys(self, chat_id: str) -> list[str]:
-        """Every key of a chat, in the KEYS order the chat scripts expect (see ledger/lua/*.lua)."""
+        """The keys of the exchange scripts (reserve, settle, void), in their KEYS order."""
         return [
             self.chat_meta(chat_id),
             self.chat_messages(chat_id),
             self.chat_deadlines(chat_id),
             self.chat_reservations(chat_id),
+            self.chat_journal(chat_id),
         ]
 
     # --- one config (tenant) ----------------------------------------------------------------------

@@ -10,10 +10,15 @@ import time
 import uuid
 from typing import cast
 
+import msgspec
+
 from ledger.connection import RedisClient
 from ledger.errors import (
     ChatDeleted,
     ChatNotFound,
+    DuplicateInFlight,
+    ExchangeReplayed,
+    IdempotencyKeyReused,
     InsufficientTokens,
     LimitTooLarge,
     ReservationAlreadySettled,
@@ -23,7 +28,8 @@ from ledger.errors import (
     ReservationNotFound,
     wrap_redis_errors,
 )
-from ledger.history import HistoryQuery, decode_entries, make_message
+from ledger.history import HistoryQuery, decode_entries, decode_entry, make_message
+from ledger.idempotency import IdempotencyKey
 from ledger.keys import Keyspace
 from ledger.limits import AMOUNT_MILLI_MAX, LedgerLimits
 from ledger.results import (
@@ -31,6 +37,8 @@ from ledger.results import (
     ChatState,
     ConfigRecord,
     HistoryPage,
+    JournalEntry,
+    Reconciliation,
     Reservation,
     Settlement,
 )
@@ -50,6 +58,10 @@ def _raise_status(status: str) -> None:
         raise ChatNotFound()
     if status == "deleted":
         raise ChatDeleted()
+    if status == "in_flight":
+        raise DuplicateInFlight()
+    if status == "key_reused":
+        raise IdempotencyKeyReused()
     if status in _RESERVATION_ERRORS:
         raise _RESERVATION_ERRORS[status]()
     raise AssertionError(f"unexpected script status {status!r}")
@@ -96,26 +108,52 @@ class Ledger:
 
     # --- chats ---------------------------------------------------------------------------------------
     @wrap_redis_errors
-    async def create_chat(self, config: ConfigRecord, limit_milli: int) -> ChatState:
+    async def create_chat(
+        self, config: ConfigRecord, limit_milli: int, *, idempotency: IdempotencyKey | None = None
+    ) -> ChatState:
         """Create a chat owned by `config`. One round trip: the index entries and the script are sent in
         one pipeline, index first, so a crash leaves at most an index entry without a chat, which
-        listings skip and repair (design.md section 3)."""
-        chat_id = str(uuid.uuid4())
+        listings skip and repair (design.md section 3).
+
+        With an Idempotency-Key the chat id is derived from the key, and the same request again answers
+        the chat as it was created (IdempotencyKeyReused for another request under the key)."""
+        chat_id = idempotency.chat_id_for(config.config_id) if idempotency else str(uuid.uuid4())
         # The index is scored in microseconds so chats created in one millisecond still list in
         # creation order (1.8e15 us is exact in a double score).
         created_us = time.time_ns() // 1000
         created_ms = created_us // 1000
+        live_index = self.keys.config_live_chats(config.config_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            _ = pipe.zadd(self.keys.config_chats(config.config_id), {chat_id: created_us})
-            _ = pipe.zadd(self.keys.config_live_chats(config.config_id), {chat_id: created_us})
+            # NX: a replayed creation must not move its chat in the listing.
+            _ = pipe.zadd(self.keys.config_chats(config.config_id), {chat_id: created_us}, nx=True)
+            _ = pipe.zadd(live_index, {chat_id: created_us}, nx=True)
             await self.scripts.create_chat(
-                keys=[self.keys.chat_meta(chat_id)],
-                args=[config.config_id, limit_milli, created_ms, config.agent_name, config.company_name],
+                keys=[self.keys.chat_meta(chat_id), self.keys.chat_journal(chat_id)],
+                args=[
+                    config.config_id,
+                    limit_milli,
+                    created_ms,
+                    config.agent_name,
+                    config.company_name,
+                    idempotency.fingerprint if idempotency else "",
+                ],
                 # redis-py's hint omits pipelines, which AsyncScript.__call__ supports (it queues the
                 # script's SCRIPT LOAD with the pipeline).
                 client=pipe,  # type: ignore[arg-type]
             )
-            await pipe.execute()
+            *_, reply = await pipe.execute()
+        if reply[0] == "replay":
+            original = _chat_from_reply(chat_id, reply)
+            if original.deleted:
+                # The replay's NX re-added a deleted chat to the live index: take it out again.
+                await self.redis.zrem(live_index, chat_id)
+            fields = dict(zip(reply[1::2], reply[2::2], strict=True))
+            return msgspec.structs.replace(
+                original, limit_milli=int(fields["limit0"]), used_milli=0, reserved_milli=0, deleted=False,
+                deleted_ms=0,
+            )  # fmt: skip
+        if reply[0] != "ok":
+            _raise_status(reply[0])
         return ChatState(
             chat_id=chat_id,
             config_id=config.config_id,
@@ -139,12 +177,24 @@ class Ledger:
         return _chat_from_hash(chat_id, fields)
 
     @wrap_redis_errors
-    async def top_up(self, config_id: str, chat_id: str, add_milli: int) -> ChatState:
-        reply = await self.scripts.top_up(
-            keys=[self.keys.chat_meta(chat_id)], args=[config_id, add_milli, AMOUNT_MILLI_MAX]
-        )
+    async def top_up(
+        self, config_id: str, chat_id: str, add_milli: int, *, idempotency: IdempotencyKey | None = None
+    ) -> ChatState:
+        """Add to the chat's limit. With an Idempotency-Key, the same request again adds nothing and
+        answers the balance the first one answered."""
+        keys = [self.keys.chat_meta(chat_id), self.keys.chat_journal(chat_id)]
+        args: list[str | int] = [config_id, add_milli, AMOUNT_MILLI_MAX]
+        if idempotency:
+            keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
+            args += [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
+        reply = await self.scripts.top_up(keys=keys, args=args)
         if reply[0] == "limit_too_large":
             raise LimitTooLarge(AMOUNT_MILLI_MAX)
+        if reply[0] == "replay":
+            now = _chat_from_reply(chat_id, ["ok", *reply[3:]])
+            return msgspec.structs.replace(
+                now, limit_milli=int(reply[1]), used_milli=int(reply[2]), deleted=False, deleted_ms=0
+            )
         if reply[0] != "ok":
             _raise_status(reply[0])
         return _chat_from_reply(chat_id, reply)
@@ -213,14 +263,22 @@ class Ledger:
         completion_tokens_max: int,
         history_tokens_max: int,
         history_count_max: int,
+        idempotency: IdempotencyKey | None = None,
     ) -> Reservation:
         """Hold enough for the prompt (the worker's known part plus the history that fits the budget)
         and up to `completion_tokens_max` reply tokens, capped by what the chat can pay.
 
-        Raises InsufficientTokens (nothing held) when even one reply token is not payable."""
+        Raises InsufficientTokens (nothing held) when even one reply token is not payable. With an
+        Idempotency-Key: ExchangeReplayed (its saved reply) when the key's exchange completed,
+        DuplicateInFlight while it is open, IdempotencyKeyReused for another request's key."""
         reservation_id = uuid.uuid4().hex
+        keys = self.keys.chat_keys(chat_id)
+        extra: list[str | int] = []
+        if idempotency:
+            keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
+            extra = [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
         reply = await self.scripts.reserve(
-            keys=self.keys.chat_keys(chat_id),
+            keys=keys,
             args=[
                 config.config_id,
                 reservation_id,
@@ -232,9 +290,12 @@ class Ledger:
                 history_count_max,
                 self.limits.reservation_ttl_ms,
                 self.limits.reservation_retention_ms,
+                *extra,
             ],
         )
         status = reply[0]
+        if status == "replay":
+            raise ExchangeReplayed(decode_entry(reply[1]))
         if status == "insufficient":
             available, needed, limit, used = (int(x) for x in reply[1:5])
             raise InsufficientTokens(
@@ -251,6 +312,7 @@ class Ledger:
             prompt_milli=int(reply[2]),
             completion_tokens_max=int(reply[3]),
             context=context,
+            idempotency=idempotency,
         )
 
     @wrap_redis_errors
@@ -270,8 +332,13 @@ class Ledger:
         A second settle or void of the same reservation changes nothing and raises its own
         ReservationError; a chat deleted meanwhile voids the hold and raises ChatDeleted."""
         chat_id = reservation.chat_id
+        keys = self.keys.chat_keys(chat_id)
+        extra: list[str | int] = []
+        if reservation.idempotency:
+            keys.append(self.keys.chat_idempotency(chat_id, reservation.idempotency.digest))
+            extra = [reservation.idempotency.fingerprint, self.limits.idempotency_ttl_ms]
         reply = await self.scripts.settle(
-            keys=self.keys.chat_keys(chat_id),
+            keys=keys,
             args=[
                 reservation.reservation_id,
                 charge_milli,
@@ -281,6 +348,7 @@ class Ledger:
                 reply_tokens,
                 flags,
                 self.limits.reservation_retention_ms,
+                *extra,
             ],
         )
         if reply[0] != "ok":
@@ -329,3 +397,53 @@ class Ledger:
         if reply[0] != "ok":
             _raise_status(reply[0])
         return HistoryPage(items=decode_entries(reply[2]), total=int(reply[1]))
+
+    # --- the journal ------------------------------------------------------------------------------------
+    @wrap_redis_errors
+    async def read_journal(
+        self, chat_id: str, *, after: str | None = None, count: int = 100
+    ) -> list[JournalEntry]:
+        """Journal entries oldest first, after the raw entry id `after` (exclusive) when given."""
+        start = f"({after}" if after else "-"
+        raw = await self.redis.xrange(self.keys.chat_journal(chat_id), min=start, max="+", count=count)
+        # The client decodes responses: ids and fields are str.
+        entries = cast(list[tuple[str, dict[str, str]]], raw)
+        return [_journal_entry(entry_id, fields) for entry_id, fields in entries]
+
+    async def reconcile(self, chat_id: str) -> Reconciliation:
+        """Add up the whole journal and compare it with the chat's counters. Reads in pages, so it is
+        O(entries) in time but not in memory; the counters are read after the journal, so a chat that
+        is moving may not reconcile until it is still."""
+        used = reserved = limit = shortfall = expired = entries = 0
+        after: str | None = None
+        while batch := await self.read_journal(chat_id, after=after, count=1000):
+            for entry in batch:
+                used += entry.used_delta_milli
+                reserved += entry.reserved_delta_milli
+                limit += entry.limit_delta_milli
+                shortfall += entry.shortfall_milli
+                expired += entry.op == "expire"
+            entries += len(batch)
+            after = batch[-1].entry_id
+        return Reconciliation(
+            chat=await self.get_chat(None, chat_id),
+            entries=entries,
+            used_sum_milli=used,
+            reserved_sum_milli=reserved,
+            limit_sum_milli=limit,
+            expired=expired,
+            shortfall_milli=shortfall,
+        )
+
+
+def _journal_entry(entry_id: str, fields: dict[str, str]) -> JournalEntry:
+    return JournalEntry(
+        entry_id=entry_id,
+        op=fields["op"],
+        reservation_id=fields["rid"],
+        used_delta_milli=int(fields["du"]),
+        reserved_delta_milli=int(fields["dr"]),
+        limit_delta_milli=int(fields["dl"]),
+        shortfall_milli=int(fields["sf"]),
+        timestamp_ms=int(entry_id.split("-")[0]),
+    )

@@ -32,6 +32,8 @@ class LedgerLimits(msgspec.Struct, frozen=True, kw_only=True):
     # A resolved reservation is remembered this long, so a replayed settle or void is recognised and
     # changes nothing instead of charging twice.
     reservation_retention_ms: int = 3_600_000
+    # An Idempotency-Key's record on a chat (messages, top-ups) is kept this long (design.md section 5).
+    idempotency_ttl_ms: int = 24 * 3_600_000
     # A by-config index entry whose chat does not exist is only repaired when older than this: younger
     # ones may belong to a creation in progress (the index is written first, design.md section 3).
     orphan_grace_ms: int = 60_000

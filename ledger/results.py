@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgspec
 
+from ledger.idempotency import IdempotencyKey
+
 
 class ConfigRecord(msgspec.Struct, kw_only=True, frozen=True):
     """A chat configuration: the tenant. Branding fields are the API's Config object (api.md Part A);
@@ -26,6 +28,8 @@ class ConfigRecord(msgspec.Struct, kw_only=True, frozen=True):
     system_prompt: str = ""
     model: str = ""
     max_output_tokens: int = 512
+    # Sampling temperature sent to the model; None leaves the upstream's default.
+    temperature: float | None = None
     # Charge per prompt / completion token, in milli-tokens: 1000 is a weight of 1.0 (design.md section 2).
     prompt_weight_milli: int = 1000
     completion_weight_milli: int = 1000
@@ -79,6 +83,8 @@ class Reservation(msgspec.Struct, kw_only=True, frozen=True):
     completion_tokens_max: int
     # The recent history that fit the context budget, oldest first.
     context: list[StoredMessage]
+    # The request's Idempotency-Key: the settle marks its record done.
+    idempotency: IdempotencyKey | None = None
 
 
 class Settlement(msgspec.Struct, kw_only=True, frozen=True):
@@ -105,3 +111,37 @@ class KeyInfo(msgspec.Struct, kw_only=True, frozen=True):
     key_id: str
     prefix: str
     created_ms: int
+
+
+class JournalEntry(msgspec.Struct, kw_only=True, frozen=True):
+    """One balance move. `op` is create, reserve, settle, void, expire or top_up; the deltas are what
+    it did to used, reserved and limit, in milli-tokens."""
+
+    entry_id: str
+    op: str
+    reservation_id: str
+    used_delta_milli: int
+    reserved_delta_milli: int
+    limit_delta_milli: int
+    shortfall_milli: int
+    timestamp_ms: int
+
+
+class Reconciliation(msgspec.Struct, kw_only=True, frozen=True):
+    """The journal's sums against the chat's counters: `ok` when every counter equals its sum."""
+
+    chat: ChatState
+    entries: int
+    used_sum_milli: int
+    reserved_sum_milli: int
+    limit_sum_milli: int
+    expired: int
+    shortfall_milli: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.used_sum_milli, self.reserved_sum_milli, self.limit_sum_milli) == (
+            self.chat.used_milli,
+            self.chat.reserved_milli,
+            self.chat.limit_milli,
+        )

@@ -48,10 +48,19 @@ local function owned_chat(meta_key, config_id)
   return chat, nil
 end
 
+-- One journal entry per balance move, written by the script that makes the move, so the journal can
+-- never disagree with the counters: the deltas of every entry add up to used, reserved and limit.
+-- Every entry has the same fields, so the stream's listpacks store the names once.
+local function journal(journal_key, op, reservation_id, d_used, d_reserved, d_limit, shortfall)
+  redis.call('XADD', journal_key, '*', 'op', op, 'rid', reservation_id,
+    'du', int(d_used), 'dr', int(d_reserved), 'dl', int(d_limit), 'sf', int(shortfall))
+end
+
 -- Lazy reaping: release open holds whose deadline has passed (their worker died or hung) and forget
 -- resolved reservations past retention. Bounded per call; what is left is reaped by the next call.
--- Subtracts the released amount from chat.reserved and writes it back, so callers see true figures.
-local function reap(meta_key, deadlines_key, reservations_key, chat, now, retention_ms)
+-- Subtracts the released amount from chat.reserved and writes it back, so callers see true figures;
+-- each reclaimed hold gets an 'expire' journal entry.
+local function reap(meta_key, deadlines_key, reservations_key, journal_key, chat, now, retention_ms)
   local due = redis.call('ZRANGEBYSCORE', deadlines_key, '-inf', now, 'LIMIT', 0, REAP_BATCH_MAX)
   local released, expired = 0, 0
   for _, id in ipairs(due) do
@@ -61,6 +70,7 @@ local function reap(meta_key, deadlines_key, reservations_key, chat, now, retent
       expired = expired + 1
       redis.call('HSET', reservations_key, id, EXPIRED)
       redis.call('ZADD', deadlines_key, int(now + retention_ms), id)
+      journal(journal_key, 'expire', id, 0, -amount, 0, 0)
     else
       redis.call('HDEL', reservations_key, id)
       redis.call('ZREM', deadlines_key, id)
@@ -98,16 +108,28 @@ end
 -- The shared opening of settle and void: load the chat, reap due holds (this one included, if its
 -- deadline passed), and find the reservation still open. Returns chat, granted milli-tokens and the
 -- server time, or nil and (in the second place) the status saying why not.
-local function open_reservation(meta_key, deadlines_key, reservations_key, id, retention_ms)
+local function open_reservation(meta_key, deadlines_key, reservations_key, journal_key, id, retention_ms)
   local chat = load_chat(meta_key)
   if not chat then
     return nil, 'not_found'
   end
   local now = now_ms()
-  reap(meta_key, deadlines_key, reservations_key, chat, now, retention_ms)
+  reap(meta_key, deadlines_key, reservations_key, journal_key, chat, now, retention_ms)
   local granted, status = open_amount(reservations_key, id)
   if not granted then
     return nil, status
   end
   return chat, granted, now
+end
+
+-- An idempotency record is one string, '<state>|<fingerprint>|<detail>': state 'p' (pending: detail is
+-- the reservation id), 'd' (done: detail is the reply's stream id) or 't' (top-up done: detail is
+-- '<limit>|<used>' after it). Returns state, fingerprint, detail; nil for no record.
+local function read_record(key)
+  local record = redis.call('GET', key)
+  if not record then
+    return nil
+  end
+  local state, fingerprint, detail = string.match(record, '^(%a)|([^|]*)|(.*)$')
+  return state, fingerprint, detail
 end

@@ -1,5 +1,6 @@
 -- reserve: hold enough of a chat's budget for one exchange, and return the history the model needs.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
+-- KEYS[5] journal stream   KEYS[6] (optional) the Idempotency-Key's record
 -- ARGV[1] caller's config id (a chat of another config reads as not found)
 -- ARGV[2] reservation id (fresh per request)
 -- ARGV[3] prompt_milli: the priced prompt parts the worker knows (system prompt and the new message)
@@ -9,12 +10,15 @@
 -- ARGV[7] history_tokens_max: the context budget for history, in tokens
 -- ARGV[8] history_count_max: most history messages to consider
 -- ARGV[9] ttl_ms: the hold's deadline from now   ARGV[10] retention_ms of resolved records
+-- ARGV[11] the request's fingerprint   ARGV[12] idempotency_ttl_ms (both only with KEYS[6])
 -- Clock: Redis TIME only.
 -- Reply: {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context}
 --        where context is a list of stream entries {id, {field, value, ...}}, newest first;
 --        {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
---        {'deleted'}.
-local meta, msgs, deadlines, reservations = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+--        {'deleted'}; {'replay', entry} (the key's exchange completed: its saved reply);
+--        {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
+local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local record_key = KEYS[6]
 local config_id = ARGV[1]
 local reservation_id = ARGV[2]
 local prompt_milli = tonumber(ARGV[3])
@@ -25,18 +29,39 @@ local history_tokens_max = tonumber(ARGV[7])
 local history_count_max = tonumber(ARGV[8])
 local ttl_ms = tonumber(ARGV[9])
 local retention_ms = tonumber(ARGV[10])
+local fingerprint = ARGV[11]
+local record_ttl_ms = ARGV[12]
 
-local chat, status = owned_chat(meta, config_id)
-if not chat then
-  return {status}
+local chat = load_chat(meta)
+if not chat or chat.config ~= config_id then
+  return {'not_found'}
+end
+
+local now = now_ms()
+-- Reap first: a dead worker's hold must cause neither a phantom 402 nor a phantom 409 for its retry.
+local expired = reap(meta, deadlines, reservations, journal_key, chat, now, retention_ms)
+
+-- A retried request: answer its outcome before looking at the chat's state, so a completed exchange
+-- is replayed even if the chat ran out of tokens or was deleted since.
+if record_key then
+  local state, recorded_fingerprint, detail = read_record(record_key)
+  if state and recorded_fingerprint ~= fingerprint then
+    return {'key_reused'}
+  elseif state == 'd' then
+    return {'replay', redis.call('XRANGE', msgs, detail, detail)[1]}
+  elseif state == 'p' and tonumber(redis.call('HGET', reservations, detail)) then
+    -- Its hold is still open: the first request is being served (or its worker died, and the hold
+    -- will expire at its deadline; then this record is stale and a retry proceeds).
+    return {'in_flight'}
+  end
+end
+
+if chat.deleted then
+  return {'deleted'}
 end
 if redis.call('HEXISTS', reservations, reservation_id) == 1 then
   return redis.error_reply('reserve: reservation id already in use')
 end
-
-local now = now_ms()
--- Reap before pricing: a dead worker's hold must not cause a phantom 402.
-local expired = reap(meta, deadlines, reservations, chat, now, retention_ms)
 
 -- Context: the newest messages that fit the token budget, so the prompt is priced before the call.
 local context = {}
@@ -80,4 +105,8 @@ chat.reserved = chat.reserved + granted
 redis.call('HSET', meta, 'reserved', int(chat.reserved))
 redis.call('HSET', reservations, reservation_id, int(granted))
 redis.call('ZADD', deadlines, int(now + ttl_ms), reservation_id)
+journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
+if record_key then
+  redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', record_ttl_ms)
+end
 return {'ok', int(granted), int(prompt_total), int(completion_tokens), expired, context}

@@ -1,24 +1,30 @@
 -- settle: charge an exchange's actual cost, release the rest of its hold, and append the user message
 -- and the reply to the history as one atomic pair.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
+-- KEYS[5] journal stream   KEYS[6] (optional) the Idempotency-Key's record, marked done here
 -- ARGV[1] reservation id
 -- ARGV[2] charge_milli: prompt and reply tokens times their weights
 -- ARGV[3] user message content   ARGV[4] its tokens
 -- ARGV[5] reply content          ARGV[6] its tokens
 -- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' on a shortfall)
 -- ARGV[8] retention_ms of the resolved record
+-- ARGV[9] the request's fingerprint   ARGV[10] idempotency_ttl_ms (both only with KEYS[6])
 -- Clock: Redis TIME only (stream ids and the retention).
 -- Reply: {'ok', charged_milli, shortfall_milli, user_entry_id, reply_entry_id, limit, used, reserved};
 --        {'not_found'}; {'deleted'} (the hold is voided); or a reservation status from open_amount.
-local meta, msgs, deadlines, reservations = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local record_key = KEYS[6]
 local reservation_id = ARGV[1]
 local charge_milli = tonumber(ARGV[2])
 local user_content, user_tokens = ARGV[3], ARGV[4]
 local reply_content, reply_tokens = ARGV[5], ARGV[6]
 local flags = ARGV[7]
 local retention_ms = tonumber(ARGV[8])
+local fingerprint = ARGV[9]
+local record_ttl_ms = ARGV[10]
 
-local chat, granted, now = open_reservation(meta, deadlines, reservations, reservation_id, retention_ms)
+local chat, granted, now = open_reservation(meta, deadlines, reservations, journal_key, reservation_id,
+  retention_ms)
 if not chat then
   return {granted} -- on failure the second value is the status
 end
@@ -28,6 +34,7 @@ if chat.deleted then
   -- Deleted while the model ran: a deleted chat takes no messages and no tokens (api.md Part B 9).
   redis.call('HSET', meta, 'reserved', int(chat.reserved))
   resolve(deadlines, reservations, reservation_id, VOIDED, now, retention_ms)
+  journal(journal_key, 'void', reservation_id, 0, -granted, 0, 0)
   return {'deleted'}
 end
 
@@ -43,11 +50,15 @@ end
 chat.used = chat.used + charged
 redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved))
 resolve(deadlines, reservations, reservation_id, SETTLED, now, retention_ms)
+journal(journal_key, 'settle', reservation_id, charged, -granted, 0, shortfall)
 
 -- Both entries carry the same fields so the stream's listpacks store the field names once.
 local user_id = redis.call('XADD', msgs, '*',
   'u', '1', 'c', user_content, 't', user_tokens, 'm', '0', 'f', '')
 local reply_id = redis.call('XADD', msgs, '*',
   'u', '0', 'c', reply_content, 't', reply_tokens, 'm', int(charged), 'f', flags)
+if record_key then
+  redis.call('SET', record_key, 'd|' .. fingerprint .. '|' .. reply_id, 'PX', record_ttl_ms)
+end
 return {'ok', int(charged), int(shortfall), user_id, reply_id,
   int(chat.limit), int(chat.used), int(chat.reserved)}

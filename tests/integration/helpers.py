@@ -6,7 +6,7 @@ from typing import cast
 
 from redis.asyncio import Redis
 
-from ledger import ConfigRecord, Keyspace, Ledger, Reservation, Settlement
+from ledger import ConfigRecord, IdempotencyKey, Keyspace, Ledger, Reservation, Settlement
 
 
 async def reserve(
@@ -18,6 +18,7 @@ async def reserve(
     completion_tokens_max: int = 100,
     history_tokens_max: int = 0,
     history_count_max: int = 0,
+    idempotency: IdempotencyKey | None = None,
 ) -> Reservation:
     """A reserve with small defaults and no history context unless asked for."""
     return await ledger.reserve(
@@ -27,6 +28,7 @@ async def reserve(
         completion_tokens_max=completion_tokens_max,
         history_tokens_max=history_tokens_max,
         history_count_max=history_count_max,
+        idempotency=idempotency,
     )
 
 
@@ -59,6 +61,7 @@ async def chat_snapshot(redis: Redis, keyspace: Keyspace, chat_id: str) -> dict[
         "msgs": await redis.xrange(keyspace.chat_messages(chat_id)),
         "res": await redis.zrange(keyspace.chat_deadlines(chat_id), 0, -1, withscores=True),
         "resv": await redis.hgetall(keyspace.chat_reservations(chat_id)),
+        "journal": await redis.xrange(keyspace.chat_journal(chat_id)),
     }
 
 

@@ -36,8 +36,9 @@ def slots(keys: list[str]) -> set[int]:
 class TestChatKeys:
     def test_chat_keys_share_one_slot(self) -> None:
         """Every key of one chat hashes to the same cluster slot, through the `{c:<id>}` tag."""
-        keys = Keyspace("cl").chat_keys(CHAT_ID)
-        assert len(keys) == len(set(keys)) == 4
+        keyspace = Keyspace("cl")
+        keys = [*keyspace.chat_keys(CHAT_ID), keyspace.chat_idempotency(CHAT_ID, "ab" * 32)]
+        assert len(keys) == len(set(keys)) == 6
         assert len(slots(keys)) == 1
 
     def test_different_chats_use_their_own_tag(self) -> None:
