@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 from ledger.amounts import from_milli, to_milli
-from ledger.connection import RedisClient, connect, embedded_redis
+from ledger.connection import RedisClient, connect, connect_cluster, embedded_redis
 from ledger.errors import (
     ChatDeleted,
+    ChatNotDeleted,
     ChatNotFound,
     ConfigNotFound,
     DuplicateInFlight,
@@ -48,6 +49,7 @@ from ledger.tenants import TenantStore
 __all__ = [
     "AMOUNT_TOKENS_MAX",
     "ChatDeleted",
+    "ChatNotDeleted",
     "ChatNotFound",
     "ChatPage",
     "ChatState",
@@ -82,6 +84,7 @@ __all__ = [
     "StoredMessage",
     "TenantStore",
     "connect",
+    "connect_cluster",
     "embedded_redis",
     "from_milli",
     "normalize_uuid",

@@ -1,7 +1,11 @@
-"""Redis clients: a real server from a URL, or the embedded in-process one for a first run.
+"""Redis clients: a real server from a URL, a Redis Cluster from a URL, or the embedded in-process one.
 
 The embedded Redis is fakeredis with Lua (lupa): the same scripts run on it, in one process, and its data
 is gone when the process exits. It exists so a newcomer needs no Redis server (design.md section 9).
+
+A cluster client runs the same scripts because every chat script touches one slot (ledger/keys.py).
+MOVED and ASK redirections, topology refreshes after a failover, and loading a script on a node that lacks
+it (NOSCRIPT) are redis-py's job; nothing here retries by hand.
 """
 
 from __future__ import annotations
@@ -9,16 +13,39 @@ from __future__ import annotations
 from typing import TypeAlias
 
 import fakeredis
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 # What every ledger class accepts: one node (or the embedded fakeredis), or a Redis Cluster. Every chat
 # script touches one slot (ledger/keys.py), so both run the same scripts.
 RedisClient: TypeAlias = Redis | RedisCluster
 
+# How long a command waits for a free pooled connection before it fails (and the API answers 503). A
+# burst above the pool size then queues briefly instead of failing at once.
+POOL_WAIT_S = 5.0
+
 
 def connect(url: str, *, max_connections: int = 100) -> Redis:
-    """A pooled client for a real Redis. One per process: never per request."""
-    return Redis.from_url(
+    """A pooled client for one Redis node. One per process: never per request.
+
+    The pool blocks (up to POOL_WAIT_S) when all its connections are busy: redis-py's default pool raises
+    "Too many connections" at once, which would turn a short burst into 503s."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        decode_responses=True,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_S,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)
+
+
+def connect_cluster(url: str, *, max_connections: int = 100) -> RedisCluster:
+    """A client for a Redis Cluster, given any one node's URL (the rest are discovered).
+
+    `max_connections` is per node. redis-py's cluster client has no blocking pool: a worker must not run
+    more concurrent commands against one node than this, which the load balancer's per-worker connection
+    limit ensures (deploy/haproxy.cfg)."""
+    return RedisCluster.from_url(
         url,
         decode_responses=True,
         max_connections=max_connections,

@@ -144,3 +144,12 @@ class ExchangeReplayed(LedgerError):
     def __init__(self, message: object) -> None:
         self.message = message
         super().__init__("This exchange was completed before; its reply is answered again.")
+
+
+class ChatNotDeleted(LedgerError):
+    """Restoring a chat that is not deleted (409)."""
+
+    code = "chat_not_deleted"
+
+    def __init__(self) -> None:
+        super().__init__("The chat is not deleted.")

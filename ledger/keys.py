@@ -102,6 +102,12 @@ class Keyspace:
             raise ValueError("an API key is looked up by its hex SHA-256 digest")
         return f"{self.prefix}:apikey:{digest}"
 
+    def api_key_rate(self, digest: str) -> str:
+        """String with a TTL: the rate limiter's state (theoretical arrival time, us) for one API key."""
+        if not _DIGEST_RE.fullmatch(digest):
+            raise ValueError("an API key is looked up by its hex SHA-256 digest")
+        return f"{self.prefix}:{{k:{digest}}}:rate"
+
     def configs(self) -> str:
         """Set: every config id (the admin listing and the demo bootstrap read it)."""
         return f"{self.prefix}:configs"

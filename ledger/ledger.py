@@ -15,6 +15,7 @@ import msgspec
 from ledger.connection import RedisClient
 from ledger.errors import (
     ChatDeleted,
+    ChatNotDeleted,
     ChatNotFound,
     DuplicateInFlight,
     ExchangeReplayed,
@@ -210,6 +211,23 @@ class Ledger:
         return _chat_from_reply(chat_id, reply)
 
     @wrap_redis_errors
+    async def restore_chat(self, chat_id: str) -> ChatState:
+        """Undo a soft delete of any config's chat (the admin surface), and list it again. The live index
+        entry gets the chat's original score from the all-chats index, so it lists where it was."""
+        reply = await self.scripts.restore_chat(keys=[self.keys.chat_meta(chat_id)])
+        if reply[0] == "not_deleted":
+            raise ChatNotDeleted()
+        if reply[0] != "ok":
+            _raise_status(reply[0])
+        chat = _chat_from_reply(chat_id, reply)
+        score = await self.redis.zscore(self.keys.config_chats(chat.config_id), chat_id)
+        await self.redis.zadd(
+            self.keys.config_live_chats(chat.config_id),
+            {chat_id: score if score is not None else chat.created_ms * 1000},
+        )
+        return chat
+
+    @wrap_redis_errors
     async def list_chats(
         self, config_id: str, *, offset: int, limit: int, include_deleted: bool = False
     ) -> ChatPage:
@@ -388,11 +406,12 @@ class Ledger:
 
     # --- history ---------------------------------------------------------------------------------------
     @wrap_redis_errors
-    async def read_history(self, config_id: str, chat_id: str, query: HistoryQuery) -> HistoryPage:
+    async def read_history(self, config_id: str | None, chat_id: str, query: HistoryQuery) -> HistoryPage:
+        """A page of history. `config_id=None` is the admin surface: any config's chat, deleted or not."""
         mode, position = query.script_args()
         reply = await self.scripts.history(
             keys=[self.keys.chat_meta(chat_id), self.keys.chat_messages(chat_id)],
-            args=[config_id, mode, position, query.limit],
+            args=[config_id or "", mode, position, query.limit],
         )
         if reply[0] != "ok":
             _raise_status(reply[0])

@@ -33,6 +33,9 @@ class ConfigRecord(msgspec.Struct, kw_only=True, frozen=True):
     # Charge per prompt / completion token, in milli-tokens: 1000 is a weight of 1.0 (design.md section 2).
     prompt_weight_milli: int = 1000
     completion_weight_milli: int = 1000
+    # Requests per second each API key of this config may make, with this burst; 0 means no limit.
+    rate_limit_per_s: float = 0.0
+    rate_limit_burst: int = 0
 
 
 class ChatState(msgspec.Struct, kw_only=True, frozen=True):

@@ -14,7 +14,17 @@ from redis.commands.core import AsyncScript
 from ledger.connection import RedisClient
 from ledger.limits import HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
 
-SCRIPT_NAMES = ("create_chat", "reserve", "settle", "void", "top_up", "delete_chat", "history")
+SCRIPT_NAMES = (
+    "create_chat",
+    "reserve",
+    "settle",
+    "void",
+    "top_up",
+    "delete_chat",
+    "restore_chat",
+    "history",
+    "rate_limit",
+)
 
 
 def _read(name: str) -> str:
@@ -42,7 +52,9 @@ class Scripts:
         self.void: AsyncScript = redis.register_script(_SOURCES["void"])
         self.top_up: AsyncScript = redis.register_script(_SOURCES["top_up"])
         self.delete_chat: AsyncScript = redis.register_script(_SOURCES["delete_chat"])
+        self.restore_chat: AsyncScript = redis.register_script(_SOURCES["restore_chat"])
         self.history: AsyncScript = redis.register_script(_SOURCES["history"])
+        self.rate_limit: AsyncScript = redis.register_script(_SOURCES["rate_limit"])
 
     async def load_all(self) -> None:
         """SCRIPT LOAD every script, so a Lua error fails the boot rather than the first request."""

@@ -20,6 +20,7 @@ from ledger.connection import RedisClient
 from ledger.errors import ConfigNotFound, wrap_redis_errors
 from ledger.keys import Keyspace
 from ledger.results import ConfigRecord, IssuedKey, KeyInfo
+from ledger.scripts import Scripts
 
 API_KEY_PREFIX = "clk_"
 # The key id shown in listings: enough of the digest to be unique per config, useless to authenticate.
@@ -47,6 +48,7 @@ class TenantStore:
     def __init__(self, redis: RedisClient, keys: Keyspace) -> None:
         self.redis = redis
         self.keys = keys
+        self.scripts = Scripts(redis)
 
     # --- configs ---------------------------------------------------------------------------------------
     @wrap_redis_errors
@@ -70,6 +72,30 @@ class TenantStore:
     async def get_config(self, config_id: str) -> ConfigRecord | None:
         raw = await self.redis.get(self.keys.config_record(config_id))
         return None if raw is None else _CONFIG_DECODER.decode(raw)
+
+    @wrap_redis_errors
+    async def update_config(self, config_id: str, **fields: Any) -> ConfigRecord:
+        """Change some fields of a config; the last write wins (an operator action, not a hot path).
+        Workers see the change when their auth cache entry for a key of this config expires."""
+        record = await self.get_config(config_id)
+        if record is None:
+            raise ConfigNotFound()
+        updated = msgspec.structs.replace(record, **fields, updated_ms=int(time.time() * 1000))
+        await self.redis.set(self.keys.config_record(config_id), msgspec.json.encode(updated))
+        return updated
+
+    @wrap_redis_errors
+    async def delete_config(self, config_id: str) -> bool:
+        """Delete a config and revoke all its keys; its chats are kept (soft data) but no key reaches
+        them any more. Keys go first, so a crash midway leaves a config nobody can use, never a key
+        to a config that is gone."""
+        stored = cast(dict[str, str], await self.redis.hgetall(self.keys.config_api_keys(config_id)))
+        for raw in stored.values():
+            await self.redis.delete(self.keys.api_key(_STORED_KEY_DECODER.decode(raw).digest))
+        await self.redis.delete(self.keys.config_api_keys(config_id))
+        deleted = bool(await self.redis.delete(self.keys.config_record(config_id)))
+        await self.redis.srem(self.keys.configs(), config_id)
+        return deleted
 
     @wrap_redis_errors
     async def list_config_ids(self) -> list[str]:
@@ -116,6 +142,16 @@ class TenantStore:
         await self.redis.delete(self.keys.api_key(_STORED_KEY_DECODER.decode(raw).digest))
         await self.redis.hdel(self.keys.config_api_keys(config_id), key_id)
         return True
+
+    @wrap_redis_errors
+    async def rate_limit(self, digest: str, per_s: float, burst: int) -> float | None:
+        """Count one request of the key with this digest; None when allowed, else the seconds to wait.
+        Atomic in Redis (one GCRA script on the key's own slot), so the limit holds across workers."""
+        interval_us = max(1, round(1_000_000 / per_s))
+        allowed, retry_after_ms = await self.scripts.rate_limit(
+            keys=[self.keys.api_key_rate(digest)], args=[interval_us, max(1, burst)]
+        )
+        return None if allowed else int(retry_after_ms) / 1000
 
     async def revoke_key_value(self, api_key: str) -> bool:
         """Revoke a key given its plain value (what a user holding a leaked key can name)."""

@@ -1,7 +1,7 @@
 -- history: one page of a chat's messages, oldest first, with the total, checked against the owner in
 -- the same atomic read.
 -- KEYS[1] meta hash   KEYS[2] messages stream
--- ARGV[1] caller's config id
+-- ARGV[1] caller's config id, or '' for the admin surface (any chat, deleted or not)
 -- ARGV[2] mode: 'offset', 'after' or 'before'
 -- ARGV[3] the offset (mode offset) or an exclusive stream id (modes after and before)
 -- ARGV[4] page size
@@ -15,9 +15,16 @@ local mode = ARGV[2]
 local position = ARGV[3]
 local limit = tonumber(ARGV[4])
 
-local chat, status = owned_chat(meta, config_id)
-if not chat then
-  return {status}
+-- An empty config id is the admin surface: any config's chat, deleted ones included.
+if config_id == '' then
+  if redis.call('EXISTS', meta) == 0 then
+    return {'not_found'}
+  end
+else
+  local chat, status = owned_chat(meta, config_id)
+  if not chat then
+    return {status}
+  end
 end
 
 -- Walk n entries from `start` towards `stop` and return the exclusive bound just past them (nil when

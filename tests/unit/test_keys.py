@@ -129,11 +129,18 @@ class TestScriptKeysOnTheWire:
         await ledger.delete_chat(config.config_id, chat.chat_id)
         with pytest.raises(ChatDeleted):
             await ledger.read_history(config.config_id, chat.chat_id, HistoryQuery(limit=10))
+        await ledger.restore_chat(chat.chat_id)
+        digest = "ab" * 32
+        await TenantStore(fake_redis, keyspace).rate_limit(digest, per_s=1.0, burst=1)
 
         assert {name for name, _keys in script_calls} == set(SCRIPT_NAMES)
         for name, keys in script_calls:
             assert keys, f"{name} was called without keys"
-            assert slots(keys) == slots([keyspace.chat_meta(chat.chat_id)]), name
+            # The limiter meters an API key, on that key's own slot; every other script is the chat's.
+            expected = (
+                keyspace.api_key_rate(digest) if name == "rate_limit" else keyspace.chat_meta(chat.chat_id)
+            )
+            assert slots(keys) == slots([expected]), name
 
 
 class TestNormalizeUuid:
