@@ -31,7 +31,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Bodies above this are refused with 413; contents above max_content_chars with 422 (api.md B 5).
     max_body_bytes: Positive = 1024 * 1024
     max_content_chars: Positive = 16_000
-    provider: Literal["offline"] = "offline"
+    # 'offline' is the built-in deterministic model; 'openai' any OpenAI-compatible endpoint (issue 3).
+    provider: Literal["offline", "openai"] = "offline"
+    # The OpenAI-compatible upstream: POST {openai_base_url}/chat/completions with a Bearer key (unset
+    # for servers that need none, e.g. Ollama). A config's own `model` overrides openai_model.
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str | None = None
+    openai_model: str = ""
+    # Seconds to connect, to wait for each read (the first byte included), and for the whole exchange
+    # with its retries; keep the total below reservation_ttl_s so a hold never expires under a call.
+    openai_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    openai_read_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    openai_total_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 90.0
+    # Retries of a failed attempt (connect error, timeout, 408/409/429/5xx), only before the first byte.
+    openai_max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    # The first retry waits this long, each next one twice as long (capped at a few seconds).
+    openai_retry_backoff_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
     # Reply tokens asked of the model when the config does not say.
     max_output_tokens: Positive = 512
     # The history sent as context: at most this many messages and this many tokens, newest first.

@@ -1,14 +1,19 @@
 """Model providers: what turns a prompt into a reply, with exact token counts for the charge.
 
 The ledger prices a prompt before the call with `count_tokens` (the stored history carries each
-message's count), then charges the provider's own usage after it (design.md section 4).
+message's count), then charges the provider's own usage after it (design.md section 4). A provider
+answers whole (`complete`) or streamed (`open_stream`); both paths of one prompt charge the same.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import msgspec
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 
 class ChatTurn(msgspec.Struct, frozen=True):
@@ -23,7 +28,10 @@ class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
     user_content: str
     # Most reply tokens the hold can pay for: a provider must not generate more.
     max_tokens: int
+    # The config's model; empty means the provider's default.
     model: str = ""
+    # The config's sampling temperature; None leaves it to the upstream.
+    temperature: float | None = None
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,6 +41,22 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     # The reply stopped at max_tokens (or the client left): saved with the 't' flag.
     truncated: bool = False
     # The upstream gave no usage and the counts are the service's own estimate: saved with 'e'.
+    estimated: bool = False
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Token counts as the model reported them."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class StreamEnd(msgspec.Struct, frozen=True, kw_only=True):
+    """The last event of a streamed reply: how it finished, and the usage if the upstream sent one."""
+
+    truncated: bool
+    usage: Usage | None = None
+    # The usage is the provider's own estimate (a whole reply relayed as one delta may carry one).
     estimated: bool = False
 
 
@@ -48,6 +72,103 @@ class ProviderTimeout(ProviderError):
     code = "upstream_timeout"
 
 
+class TokenCounter(Protocol):
+    def __call__(self, text: str, /) -> int: ...
+
+
+def estimate_prompt_tokens(request: CompletionRequest, count_tokens: TokenCounter) -> int:
+    """The prompt's tokens by the service's own counter: every part the model is sent."""
+    return (
+        count_tokens(request.system_prompt)
+        + sum(count_tokens(turn.content) for turn in request.context)
+        + count_tokens(request.user_content)
+    )
+
+
+class ReplyStream:
+    """A reply the model has started to generate: from here on its prompt is spent.
+
+    Iterate `deltas()` for the text as it arrives; when it ends, `completion()` is the whole reply with
+    the upstream's usage (or the estimate, flagged). If the caller stops early (the client left),
+    `aclose()` cancels the upstream and `partial()` prices what was generated so far: the prompt plus
+    one token per delta received, never more than `max_tokens`, flagged truncated and estimated
+    (issue 3).
+    """
+
+    def __init__(
+        self,
+        request: CompletionRequest,
+        events: AsyncGenerator[str | StreamEnd, None],
+        count_tokens: TokenCounter,
+        *,
+        token_per_delta: bool = True,
+    ) -> None:
+        self.request = request
+        self._events = events
+        self._count_tokens = count_tokens
+        # OpenAI-compatible servers (and the offline model) stream one token per chunk, so counting
+        # deltas counts tokens exactly; a reply relayed whole is counted by the provider's counter.
+        self._token_per_delta = token_per_delta
+        self._parts: list[str] = []
+        self._end: StreamEnd | None = None
+
+    async def deltas(self) -> AsyncGenerator[str, None]:
+        """The reply's text pieces; raises ProviderError if the upstream fails or stops mid-way."""
+        async for event in self._events:
+            if isinstance(event, StreamEnd):
+                self._end = event
+                continue
+            if event:
+                self._parts.append(event)
+                yield event
+        if self._end is None:
+            raise ProviderError("The model's stream ended before the reply was complete.")
+        if not self._parts:
+            raise ProviderError("The model returned an empty reply.")
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    def completion(self) -> Completion:
+        """The finished reply; only valid after `deltas()` ended without an error."""
+        assert self._end is not None, "completion() before the stream ended"
+        usage = self._end.usage
+        if usage is not None:
+            return Completion(
+                content=self.text,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                truncated=self._end.truncated,
+                estimated=self._end.estimated,
+            )
+        return Completion(
+            content=self.text,
+            prompt_tokens=estimate_prompt_tokens(self.request, self._count_tokens),
+            completion_tokens=self._generated_tokens(),
+            truncated=self._end.truncated,
+            estimated=True,
+        )
+
+    def partial(self) -> Completion:
+        """What was generated before the stream was cut short by the caller."""
+        return Completion(
+            content=self.text,
+            prompt_tokens=estimate_prompt_tokens(self.request, self._count_tokens),
+            completion_tokens=self._generated_tokens(),
+            truncated=True,
+            estimated=True,
+        )
+
+    def _generated_tokens(self) -> int:
+        generated = len(self._parts) if self._token_per_delta else self._count_tokens(self.text)
+        return min(generated, self.request.max_tokens)
+
+    async def aclose(self) -> None:
+        """Stop reading and close the upstream connection, which is how an upstream learns to stop."""
+        await self._events.aclose()
+
+
 class Provider(Protocol):
     name: str
 
@@ -55,13 +176,50 @@ class Provider(Protocol):
         """Tokens in `text` as this provider's model counts them (or the closest estimate)."""
         ...
 
-    async def complete(self, request: CompletionRequest) -> Completion: ...
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """The whole reply; raises ProviderError (or ProviderTimeout) when there is none."""
+        ...
 
     async def close(self) -> None: ...
 
 
+@runtime_checkable
+class StreamingProvider(Provider, Protocol):
+    """A provider that can hand out its reply as it is generated. Streaming is optional: a provider
+    without it (a wrapper, a test double) is streamed as one delta by `open_stream` below."""
+
+    async def open_stream(self, request: CompletionRequest) -> ReplyStream:
+        """Start a streamed reply. Returns once the model has accepted the request; every retry
+        happens before that, and a failure before it raises ProviderError (nothing was spent)."""
+        ...
+
+
+async def open_stream(provider: Provider, request: CompletionRequest) -> ReplyStream:
+    """The provider's own stream, or its whole reply relayed as a single delta."""
+    if isinstance(provider, StreamingProvider):
+        return await provider.open_stream(request)
+    completion = await provider.complete(request)
+    return ReplyStream(request, _whole(completion), provider.count_tokens, token_per_delta=False)
+
+
+async def _whole(completion: Completion) -> AsyncGenerator[str | StreamEnd, None]:
+    yield completion.content
+    usage = Usage(completion.prompt_tokens, completion.completion_tokens)
+    yield StreamEnd(truncated=completion.truncated, usage=usage, estimated=completion.estimated)
+
+
+def provider_from_settings(settings: Settings) -> Provider:
+    """The provider the settings name (design.md section 8). Called inside the app's provider cleanup
+    context, so a provider may open its pooled HTTP session here, on the running loop."""
+    if settings.provider == "openai":
+        from service.providers.openai import OpenAIProvider
+
+        return OpenAIProvider.from_settings(settings)
+    return provider_from_name(settings.provider)
+
+
 def provider_from_name(name: str) -> Provider:
-    """The provider a setting names. Only the offline model exists yet (design.md section 8)."""
+    """A provider that needs no settings: the offline model only."""
     from service.providers.offline import OfflineModel
 
     if name == "offline":

@@ -8,9 +8,18 @@ the usage after it.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncGenerator
 
-from service.providers import Completion, CompletionRequest
+from service.providers import (
+    Completion,
+    CompletionRequest,
+    ReplyStream,
+    StreamEnd,
+    Usage,
+    estimate_prompt_tokens,
+)
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 # Words of the user's message quoted back in a reply: enough to show it was read, bounded in size.
@@ -30,23 +39,35 @@ class OfflineModel:
         return sum(1 for _ in _TOKEN_RE.finditer(text))
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        reply = self.reply_text(request)
-        tokens = _tokens(reply)
-        truncated = len(tokens) > request.max_tokens
-        if truncated:
-            # Cut after the last token that fits, so the charge is exactly max_tokens.
-            reply = reply[: tokens[request.max_tokens - 1].end()] if request.max_tokens > 0 else ""
-        prompt_tokens = (
-            self.count_tokens(request.system_prompt)
-            + sum(self.count_tokens(turn.content) for turn in request.context)
-            + self.count_tokens(request.user_content)
-        )
+        reply, kept = self._reply_tokens(request)
         return Completion(
-            content=reply,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=min(len(tokens), request.max_tokens),
-            truncated=truncated,
+            content=reply[: kept[-1].end()] if kept else "",
+            prompt_tokens=estimate_prompt_tokens(request, self.count_tokens),
+            completion_tokens=len(kept),
+            truncated=len(kept) < len(_tokens(reply)),
         )
+
+    async def open_stream(self, request: CompletionRequest) -> ReplyStream:
+        """The same reply as `complete`, one token per delta, so both paths charge the same."""
+        return ReplyStream(request, self._deltas(request), self.count_tokens)
+
+    async def _deltas(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
+        reply, kept = self._reply_tokens(request)
+        start = 0
+        for token in kept:
+            # Each delta carries the spaces before its token, so the deltas join into the reply.
+            yield reply[start : token.end()]
+            start = token.end()
+            # A real model takes time per token; yielding here lets a cancellation land mid-reply.
+            await asyncio.sleep(0)
+        usage = Usage(estimate_prompt_tokens(request, self.count_tokens), len(kept))
+        yield StreamEnd(truncated=len(kept) < len(_tokens(reply)), usage=usage)
+
+    def _reply_tokens(self, request: CompletionRequest) -> tuple[str, list[re.Match[str]]]:
+        """The reply and its tokens that fit max_tokens: cut after the last one, so the charge is
+        exactly max_tokens when the reply is longer."""
+        reply = self.reply_text(request)
+        return reply, _tokens(reply)[: max(request.max_tokens, 0)]
 
     def reply_text(self, request: CompletionRequest) -> str:
         """A reply that depends only on the request: the same prompt always gets the same answer."""

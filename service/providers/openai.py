@@ -1,0 +1,363 @@
+"""The `openai` provider: any OpenAI-compatible chat-completions endpoint (design.md section 8).
+
+OpenAI, vLLM, Ollama, the llama.cpp server and LiteLLM all serve `POST {base_url}/chat/completions` with
+the same body and the same answers: one JSON object, or Server-Sent Events of `chat.completion.chunk`
+objects ending with `data: [DONE]`. This module speaks that wire format with the process's one pooled
+aiohttp session (style.md 9), sends the hold's reply budget as `max_tokens` so the model cannot spend
+past what the chat can pay, and asks for `usage` in streams (`stream_options.include_usage`).
+
+Failures before the first byte of a 200 answer (connect errors, timeouts, 408/409/429/5xx) are retried
+a bounded number of times with a doubling backoff; after the first byte nothing is retried, because the
+model has started spending. There is no tokenizer here: tiktoken downloads its tables at run time and a
+self-hosted model has its own anyway, so `count_tokens` is a deliberately high estimate, used to price
+the prompt before the call and, flagged 'e', when an upstream sends no usage (issue 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+
+import service
+from service.providers import (
+    Completion,
+    CompletionRequest,
+    ProviderError,
+    ProviderTimeout,
+    ReplyStream,
+    StreamEnd,
+    Usage,
+    estimate_prompt_tokens,
+)
+from service.settings import Settings, SettingsError
+
+log = structlog.get_logger(__name__)
+
+# Statuses that say "try again" (the official clients retry the same ones); any other non-200 answer
+# is final: a bad key or an unknown model does not get better with retries.
+RETRY_STATUSES = frozenset({408, 409, 429})
+# A retry never waits longer than this, whatever Retry-After says: the client is waiting too.
+RETRY_DELAY_MAX_S = 4.0
+
+# A run of ASCII letters costs one token per 5 characters and a run of digits one per 3 (rounded up);
+# any other visible character costs one. BPE tokenizers make most English words one token (with their
+# leading space), split numbers into groups of up to 3 digits, and give most non-Latin characters a
+# token or more, so this errs high: a prompt is rarely priced below its cost.
+_PIECE_RE = re.compile(r"[A-Za-z]+|[0-9]+|\S")
+
+
+def estimate_tokens(text: str) -> int:
+    total = 0
+    for piece in _PIECE_RE.findall(text):
+        per_token = 5 if piece[0].isalpha() and piece.isascii() else 3 if piece[0].isdigit() else 1
+        total += -(-len(piece) // per_token)
+    return total
+
+
+# --- the wire format (only the fields we read; unknown ones are ignored) --------------------------------
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+    finish_reason: str | None = None
+
+
+class _Response(msgspec.Struct):
+    choices: list[_Choice]
+    usage: _Usage | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    index: int = 0
+    delta: _Delta = msgspec.field(default_factory=_Delta)
+    finish_reason: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_ChunkChoice] = msgspec.field(default_factory=list)
+    usage: _Usage | None = None
+    # Some servers report a failure inside a started stream as `data: {"error": {...}}`.
+    error: Any = None
+
+
+_RESPONSE_DECODER = msgspec.json.Decoder(_Response)
+_CHUNK_DECODER = msgspec.json.Decoder(_Chunk)
+
+
+class _Retry(Exception):
+    """An attempt failed in a way another attempt may not: carries the error to raise if none is left."""
+
+    def __init__(self, failure: ProviderError, retry_after_s: float = 0.0) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.retry_after_s = retry_after_s
+
+
+class OpenAIProvider:
+    """An OpenAI-compatible upstream. Construct inside the running loop (it opens its session)."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None,
+        model: str,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+        total_timeout_s: float = 90.0,
+        max_retries: int = 2,
+        retry_backoff_s: float = 0.5,
+    ) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model
+        self._total_timeout_s = total_timeout_s
+        self._max_retries = max_retries
+        self._retry_backoff_s = retry_backoff_s
+        headers = {"User-Agent": f"chatledger/{service.__version__}"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        # One pooled session per process: connections to the upstream are reused across requests.
+        # sock_read bounds every wait for bytes, the first one included; the total is enforced per
+        # exchange (across retries and the whole stream), not per HTTP request.
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+            ),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIProvider:
+        if not settings.openai_model:
+            raise SettingsError("CHATLEDGER_OPENAI_MODEL: set the model to ask for (e.g. gpt-4o-mini).")
+        return cls(
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            model=settings.openai_model,
+            connect_timeout_s=settings.openai_connect_timeout_s,
+            read_timeout_s=settings.openai_read_timeout_s,
+            total_timeout_s=settings.openai_total_timeout_s,
+            max_retries=settings.openai_max_retries,
+            retry_backoff_s=settings.openai_retry_backoff_s,
+        )
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    # --- whole replies -------------------------------------------------------------------------------
+    async def complete(self, request: CompletionRequest) -> Completion:
+        deadline = self._deadline()
+        response = await self._post(self.body(request, stream=False), stream=False, deadline=deadline)
+        try:
+            async with asyncio.timeout_at(deadline):
+                raw = await response.read()
+        except TimeoutError as exc:
+            raise ProviderTimeout("The model did not finish its answer in time.") from exc
+        except aiohttp.ClientError as exc:
+            raise ProviderError("The model's answer was cut off.") from exc
+        finally:
+            response.release()
+        return self._completion(request, raw)
+
+    def _completion(self, request: CompletionRequest, raw: bytes) -> Completion:
+        try:
+            answer = _RESPONSE_DECODER.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise ProviderError("The model's answer was not a chat completion.") from exc
+        if not answer.choices:
+            raise ProviderError("The model's answer had no choices.")
+        choice = answer.choices[0]
+        content = choice.message.content
+        if not content:
+            raise ProviderError("The model returned an empty reply.")
+        truncated = choice.finish_reason == "length"
+        if answer.usage is not None:
+            return Completion(
+                content=content,
+                prompt_tokens=answer.usage.prompt_tokens,
+                completion_tokens=answer.usage.completion_tokens,
+                truncated=truncated,
+            )
+        return Completion(
+            content=content,
+            prompt_tokens=estimate_prompt_tokens(request, self.count_tokens),
+            completion_tokens=min(self.count_tokens(content), request.max_tokens),
+            truncated=truncated,
+            estimated=True,
+        )
+
+    # --- streamed replies ----------------------------------------------------------------------------
+    async def open_stream(self, request: CompletionRequest) -> ReplyStream:
+        deadline = self._deadline()
+        response = await self._post(self.body(request, stream=True), stream=True, deadline=deadline)
+        return ReplyStream(request, self._stream_events(response, deadline), self.count_tokens)
+
+    async def _stream_events(
+        self, response: aiohttp.ClientResponse, deadline: float
+    ) -> AsyncGenerator[str | StreamEnd, None]:
+        """Deltas of choice 0, then one StreamEnd. The response is closed however this ends, which is
+        what cancels the generation upstream when the caller stops early."""
+        finish: str | None = None
+        usage: Usage | None = None
+        done = False
+        try:
+            async with aclosing(_sse_data(response, deadline)) as events:
+                async for data in events:
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    chunk = _decode_chunk(data)
+                    if chunk.usage is not None:
+                        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    for choice in chunk.choices:
+                        if choice.index != 0:
+                            continue
+                        if choice.delta.content:
+                            yield choice.delta.content
+                        finish = choice.finish_reason or finish
+            if not done and finish is None:
+                raise ProviderError("The model's stream was cut before the reply was complete.")
+        finally:
+            # Fully read: back to the pool. Anything else: drop the connection, so the upstream stops.
+            if done:
+                response.release()
+            else:
+                response.close()
+        yield StreamEnd(truncated=finish == "length", usage=usage)
+
+    # --- the request ---------------------------------------------------------------------------------
+    def body(self, request: CompletionRequest, *, stream: bool) -> bytes:
+        """The JSON body, with the fields the official clients send."""
+        messages = [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
+        messages += [
+            {"role": "user" if turn.is_user else "assistant", "content": turn.content}
+            for turn in request.context
+        ]
+        messages.append({"role": "user", "content": request.user_content})
+        body: dict[str, Any] = {
+            "model": request.model or self.model,
+            "messages": messages,
+            # The reply budget of the hold: the model cannot spend past what the chat can pay.
+            "max_tokens": request.max_tokens,
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        return msgspec.json.encode(body)
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self._total_timeout_s
+
+    async def _post(self, body: bytes, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
+        """The upstream's 200 answer, its body not yet read; retried only up to here."""
+        attempt = 0
+        while True:
+            try:
+                return await self._post_once(body, stream=stream, deadline=deadline)
+            except _Retry as retry:
+                delay_s = min(max(self._retry_backoff_s * 2**attempt, retry.retry_after_s), RETRY_DELAY_MAX_S)
+                out_of_time = asyncio.get_running_loop().time() + delay_s >= deadline
+                if attempt >= self._max_retries or out_of_time:
+                    raise retry.failure from retry.__cause__
+                attempt += 1
+                log.warning("upstream_retry", attempt=attempt, reason=str(retry.failure), delay_s=delay_s)
+                await asyncio.sleep(delay_s)
+
+    async def _post_once(self, body: bytes, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream" if stream else "application/json",
+        }
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._session.post(self.url, data=body, headers=headers)
+        # aiohttp's own timeouts are TimeoutErrors too, and ClientErrors: this clause must come first.
+        except TimeoutError as exc:
+            raise _Retry(ProviderTimeout("The model did not answer in time.")) from exc
+        except aiohttp.ClientError as exc:
+            raise _Retry(ProviderError(f"Could not reach the model ({type(exc).__name__}).")) from exc
+        if response.status == 200:
+            return response
+        response.release()
+        failure = ProviderError(f"The model answered HTTP {response.status}.")
+        if response.status in RETRY_STATUSES or response.status >= 500:
+            raise _Retry(failure, _retry_after_s(response.headers))
+        log.warning("upstream_refused", status=response.status)
+        raise failure
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float:
+    """The upstream's Retry-After in seconds (only the number form), or 0."""
+    try:
+        return max(float(headers.get("Retry-After", "0")), 0.0)
+    except ValueError:
+        return 0.0
+
+
+def _decode_chunk(data: str) -> _Chunk:
+    try:
+        chunk = _CHUNK_DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProviderError("The model's stream carried a malformed chunk.") from exc
+    if chunk.error is not None:
+        raise ProviderError("The model reported an error in the middle of its reply.")
+    return chunk
+
+
+async def _sse_data(response: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[str, None]:
+    """The `data` of each Server-Sent Event (multi-line data joined), comments and other fields skipped."""
+    data: list[str] = []
+    while True:
+        line = await _read_line(response, deadline)
+        if line is None or not line.strip("\r\n"):
+            if data:
+                yield "\n".join(data)
+                data = []
+            if line is None:
+                return
+            continue
+        field, _, value = line.rstrip("\r\n").partition(":")
+        if field == "data":
+            data.append(value.removeprefix(" "))
+
+
+async def _read_line(response: aiohttp.ClientResponse, deadline: float) -> str | None:
+    """One line of the body, None at its end; a stall past the read timeout or the deadline raises."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            raw = await response.content.readline()
+    except TimeoutError as exc:
+        raise ProviderTimeout("The model stopped sending its reply.") from exc
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise ProviderError("The model's stream was cut before the reply was complete.") from exc
+    if not raw:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise ProviderError("The model's stream was not UTF-8.") from exc
