@@ -4,19 +4,57 @@ Two Redis round trips on the hot path: the reserve (which also returns the price
 settle (which charges and appends both messages atomically). Any failure between them voids the hold,
 so nothing is charged and nothing is written; a worker that dies instead leaves a hold that the next
 reserve on the chat reclaims after its deadline.
+
+A streamed exchange (issue 3) adds one case: the client leaving mid-reply. The model has then spent the
+prompt and the tokens it sent so far, so those are settled and the partial reply is saved, flagged
+truncated; an upstream failure mid-reply is still a failure, and voids. Each ledger call has one call
+site (`_reserve`, `_settle`, `_void`), and the ones that move money after the model ran are shielded
+from the handler's cancellation, so a client that goes away cannot make spend disappear.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import aclosing
+from typing import Any, TypeVar
 
+import msgspec
 import structlog
 
 import ledger
-from service.providers import ChatTurn, Completion, CompletionRequest, Provider
+from service.providers import (
+    ChatTurn,
+    Completion,
+    CompletionRequest,
+    Provider,
+    ReplyStream,
+    open_stream,
+)
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Called with each delta of a streamed reply; raising (or being cancelled) means the client left.
+DeltaSink = Callable[[str], Awaitable[None]]
+
+
+class Exchanged(msgspec.Struct, frozen=True, kw_only=True):
+    """A settled exchange and the completion it charged for."""
+
+    settlement: ledger.Settlement
+    completion: Completion
+
+
+class ClientGone(Exception):
+    """The client stopped taking a streamed reply. What was generated is settled (`settlement`, None
+    if the settle failed); nothing more should be written to the client."""
+
+    def __init__(self, settlement: ledger.Settlement | None) -> None:
+        super().__init__("The client left before the reply was complete.")
+        self.settlement = settlement
 
 
 class Exchange:
@@ -27,38 +65,121 @@ class Exchange:
 
     async def send(self, config: ledger.ConfigRecord, chat_id: str, content: str) -> ledger.Settlement:
         """Save `content` and the model's reply to the chat and charge the exchange, or raise."""
-        user_tokens = self._provider.count_tokens(content)
-        reservation = await self._ledger.reserve(
+        reservation = await self._reserve(config, chat_id, content)
+        try:
+            completion = await self._provider.complete(self._request(config, reservation, content))
+        except BaseException:
+            # Shielded: a cancelled request must still give its hold back.
+            await _shielded(self._void(reservation))
+            raise
+        return await _shielded(self._settle(config, reservation, content, completion))
+
+    async def stream(
+        self, config: ledger.ConfigRecord, chat_id: str, content: str, on_delta: DeltaSink
+    ) -> Exchanged:
+        """Like `send`, handing each delta of the reply to `on_delta` as it arrives.
+
+        Raises before any delta, with the hold voided, when the chat cannot pay or the model fails to
+        start (so the caller can still answer with a plain error). After the first delta: an upstream
+        failure voids and raises ProviderError; a client that left (`on_delta` raised, or the task was
+        cancelled) settles the partial reply and raises ClientGone (or the CancelledError)."""
+        reservation = await self._reserve(config, chat_id, content)
+        try:
+            reply = await open_stream(self._provider, self._request(config, reservation, content))
+        except BaseException:
+            await _shielded(self._void(reservation))
+            raise
+        try:
+            await _relay(reply, on_delta)
+        except asyncio.CancelledError:
+            # The handler was cancelled: aiohttp does that when the client disconnects.
+            await self._abandon(config, reservation, content, reply)
+            raise
+        except ClientGone:
+            raise ClientGone(await self._abandon(config, reservation, content, reply)) from None
+        except BaseException:
+            await reply.aclose()
+            await _shielded(self._void(reservation))
+            raise
+        completion = reply.completion()
+        settlement = await _shielded(self._settle(config, reservation, content, completion))
+        return Exchanged(settlement=settlement, completion=completion)
+
+    async def _abandon(
+        self,
+        config: ledger.ConfigRecord,
+        reservation: ledger.Reservation,
+        content: str,
+        reply: ReplyStream,
+    ) -> ledger.Settlement | None:
+        """The client left mid-reply: stop the model, then settle what it generated so far."""
+        await reply.aclose()
+        return await _shielded(self._settle_partial(config, reservation, content, reply))
+
+    def _request(
+        self, config: ledger.ConfigRecord, reservation: ledger.Reservation, content: str
+    ) -> CompletionRequest:
+        return CompletionRequest(
+            system_prompt=config.system_prompt,
+            context=[ChatTurn(m.is_user, m.content) for m in reservation.context],
+            user_content=content,
+            # The hold's reply budget, never the config's wish: the model cannot spend past the grant.
+            max_tokens=reservation.completion_tokens_max,
+            model=config.model,
+            temperature=config.temperature,
+        )
+
+    # --- the ledger calls: one call site each ---------------------------------------------------------
+    async def _reserve(self, config: ledger.ConfigRecord, chat_id: str, content: str) -> ledger.Reservation:
+        count = self._provider.count_tokens
+        return await self._ledger.reserve(
             config,
             chat_id,
-            prompt_tokens=self._provider.count_tokens(config.system_prompt) + user_tokens,
+            prompt_tokens=count(config.system_prompt) + count(content),
             completion_tokens_max=config.max_output_tokens or self._settings.max_output_tokens,
             history_tokens_max=self._settings.history_tokens,
             history_count_max=self._settings.history_messages,
         )
-        try:
-            completion = await self._provider.complete(
-                CompletionRequest(
-                    system_prompt=config.system_prompt,
-                    context=[ChatTurn(m.is_user, m.content) for m in reservation.context],
-                    user_content=content,
-                    max_tokens=reservation.completion_tokens_max,
-                    model=config.model,
-                )
-            )
-        except BaseException:
-            # Shielded: a cancelled request must still give its hold back.
-            await asyncio.shield(self._void(reservation))
-            raise
+
+    async def _settle(
+        self,
+        config: ledger.ConfigRecord,
+        reservation: ledger.Reservation,
+        content: str,
+        completion: Completion,
+    ) -> ledger.Settlement:
         return await self._ledger.settle(
             reservation,
             charge_milli=charge_milli(config, completion),
             user_content=content,
-            user_tokens=user_tokens,
+            user_tokens=self._provider.count_tokens(content),
             reply_content=completion.content,
             reply_tokens=completion.completion_tokens,
             flags=("t" if completion.truncated else "") + ("e" if completion.estimated else ""),
         )
+
+    async def _settle_partial(
+        self,
+        config: ledger.ConfigRecord,
+        reservation: ledger.Reservation,
+        content: str,
+        reply: ReplyStream,
+    ) -> ledger.Settlement | None:
+        """Settle what a stream generated before the client left; a failure is logged, not raised,
+        because there is no one left to tell."""
+        partial = reply.partial()
+        try:
+            settlement = await self._settle(config, reservation, content, partial)
+        except ledger.LedgerError as exc:
+            log.warning("partial_settle_failed", chat_id=reservation.chat_id, code=exc.code)
+            return None
+        log.info(
+            "stream_abandoned",
+            chat_id=reservation.chat_id,
+            completion_tokens=partial.completion_tokens,
+            charged_milli=settlement.charged_milli,
+        )
+        return settlement
 
     async def _void(self, reservation: ledger.Reservation) -> None:
         try:
@@ -74,3 +195,29 @@ def charge_milli(config: ledger.ConfigRecord, completion: Completion) -> int:
         completion.prompt_tokens * config.prompt_weight_milli
         + completion.completion_tokens * config.completion_weight_milli
     )
+
+
+async def _relay(reply: ReplyStream, on_delta: DeltaSink) -> None:
+    """Hand every delta to the sink; a sink failure becomes ClientGone, told apart from the model's."""
+    async with aclosing(reply.deltas()) as deltas:
+        async for delta in deltas:
+            try:
+                await on_delta(delta)
+            except Exception as exc:
+                raise ClientGone(None) from exc
+
+
+async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to its end even if the caller is cancelled meanwhile: once the model has run, its
+    hold must be settled or voided. A failure nobody is left to await is logged."""
+    task = asyncio.ensure_future(coro)
+    task.add_done_callback(_log_unexpected)
+    return await asyncio.shield(task)
+
+
+def _log_unexpected(task: asyncio.Future[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, ledger.LedgerError):
+        log.error("ledger_call_failed", error=repr(exc))

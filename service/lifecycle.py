@@ -14,7 +14,7 @@ from service.appkeys import AUTH, EXCHANGE, LEDGER, PROVIDER, REDIS, SETTINGS, T
 from service.auth import Authenticator
 from service.demo import ensure_demo_config
 from service.exchange import Exchange
-from service.providers import provider_from_name
+from service.providers import provider_from_settings
 
 log = structlog.get_logger("chatledger")
 
@@ -54,14 +54,26 @@ async def ledger_and_tenants(app: web.Application) -> AsyncIterator[None]:
 
 
 async def model_provider(app: web.Application) -> AsyncIterator[None]:
+    """The model provider, and with it the process's one pooled HTTP session to the upstream, which
+    `close()` ends at shutdown (design.md section 8)."""
     owned = PROVIDER not in app
+    settings = app[SETTINGS]
     if owned:
-        app[PROVIDER] = provider_from_name(app[SETTINGS].provider)
+        app[PROVIDER] = provider_from_settings(settings)
     provider = app[PROVIDER]
     if provider.name == "offline":
         log.warning(
             "offline_model", note="Replies come from the built-in offline model, which is not an LLM."
         )
+    elif owned and settings.provider == "openai":
+        # The base URL and model only: never the API key.
+        log.info("model", provider="openai", base_url=settings.openai_base_url, model=settings.openai_model)
+        if settings.openai_total_timeout_s >= settings.reservation_ttl_s:
+            log.warning(
+                "timeout_above_hold",
+                note="CHATLEDGER_OPENAI_TOTAL_TIMEOUT_S should stay below CHATLEDGER_RESERVATION_TTL_S, "
+                "or a slow reply outlives its hold and is not saved.",
+            )
     app[EXCHANGE] = Exchange(app[LEDGER], provider, app[SETTINGS])
     try:
         yield

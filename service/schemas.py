@@ -28,6 +28,8 @@ class CreateChatRequest(msgspec.Struct):
 class SendMessageRequest(msgspec.Struct):
     chat_id: str
     content: str
+    # Answer with Server-Sent Events, like `Accept: text/event-stream` (api.md Part C).
+    stream: bool = False
 
 
 class AddTokensRequest(msgspec.Struct):

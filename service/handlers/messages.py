@@ -10,17 +10,21 @@ from service.errors import ApiError
 from service.handlers.common import json_response, tenant_of
 from service.requests import chat_id_from, checked_content, decode_body, decode_query, path_chat_id
 from service.schemas import SEND_MESSAGE_DECODER, HistoryPageQuery, MessageOut, Page, message_out
+from service.streaming import stream_reply, wants_stream
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/chats/messages/")
-async def send_message(request: web.Request) -> web.Response:
-    """Answers with the AI's message; 402 before any generation when the chat cannot pay."""
+async def send_message(request: web.Request) -> web.StreamResponse:
+    """Answers with the AI's message, or streams it as Server-Sent Events when asked (api.md Part C);
+    402 before any generation when the chat cannot pay."""
     tenant = await tenant_of(request)
     body = decode_body(await request.read(), SEND_MESSAGE_DECODER, chat_id_field=True)
     chat_id = chat_id_from(body.chat_id)
     content = checked_content(body.content, request.app[SETTINGS].max_content_chars)
+    if wants_stream(request, body.stream):
+        return await stream_reply(request, tenant.config, chat_id, content)
     settlement = await request.app[EXCHANGE].send(tenant.config, chat_id, content)
     return json_response(message_out(chat_id, settlement.ai_message))
 

@@ -1,0 +1,126 @@
+"""POST /chats/messages/ as Server-Sent Events (api.md Part C, issue 3), framed by aiohttp-sse.
+
+The response starts with the reply's first delta, not before: until then every failure (402, 404, a
+model that does not answer) is still a plain JSON error with its status. After it, the stream carries:
+
+    event: delta   data: {"content": "..."}                     one per piece of the reply
+    event: done    data: {"message": {...}, "tokens_charged": ..., "token_limit": ..., "token_used": ...,
+                          "prompt_tokens": ..., "completion_tokens": ..., "estimated": ...}
+    event: error   data: {"detail": "...", "code": "...", "status": 502}   instead of done on a failure
+
+A client that disconnects is handled by the exchange: the model is stopped and what it generated is
+settled and saved, flagged truncated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+from aiohttp_sse import EventSourceResponse
+
+import ledger
+from service.appkeys import EXCHANGE, REQUEST_ID
+from service.errors import response_for
+from service.exchange import ClientGone, Exchanged
+from service.middlewares import REQUEST_ID_HEADER
+from service.schemas import ENCODER, MessageOut, message_out
+
+log = structlog.get_logger(__name__)
+
+EVENT_STREAM = "text/event-stream"
+
+
+class StreamDone(msgspec.Struct, kw_only=True):
+    """The last event of a good stream: the saved AI message (the non-streamed answer's JSON), the
+    exchange's charge and the chat's balance after it, and the token counts charged for."""
+
+    message: MessageOut
+    tokens_charged: float
+    token_limit: float
+    token_used: float
+    prompt_tokens: int
+    completion_tokens: int
+    # The counts are the service's estimate: the upstream sent no usage.
+    estimated: bool
+
+
+def wants_stream(request: web.Request, stream_field: bool) -> bool:
+    """`"stream": true` in the body, or `text/event-stream` among the accepted media types."""
+    accepted = request.headers.get("Accept", "")
+    return stream_field or any(
+        part.split(";", 1)[0].strip().lower() == EVENT_STREAM for part in accepted.split(",")
+    )
+
+
+async def stream_reply(
+    request: web.Request, config: ledger.ConfigRecord, chat_id: str, content: str
+) -> web.StreamResponse:
+    """Run the exchange, relaying its deltas; see the module docstring for the events."""
+    sse: EventSourceResponse | None = None
+
+    async def send_delta(text: str) -> None:
+        nonlocal sse
+        if sse is None:
+            sse = await _start(request)
+        await sse.send(_json({"content": text}), event="delta")
+
+    try:
+        exchanged = await request.app[EXCHANGE].stream(config, chat_id, content, send_delta)
+        if sse is None:  # every reply has a delta (an empty one is an error); kept for safety
+            sse = await _start(request)
+        await sse.send(_json(_done(chat_id, exchanged)), event="done")
+    except ClientGone:
+        pass
+    except ConnectionResetError:
+        # The client left during the done event: the exchange was settled before it was sent.
+        pass
+    except Exception as exc:
+        if sse is None:
+            raise  # nothing sent yet: the error middleware answers with JSON and the right status
+        await _send_error(sse, exc)
+    finally:
+        if sse is not None:
+            sse.stop_streaming()
+    return sse if sse is not None else web.Response(status=204)
+
+
+async def _start(request: web.Request) -> EventSourceResponse:
+    sse = EventSourceResponse(allow_all_methods=True, headers={REQUEST_ID_HEADER: request[REQUEST_ID]})
+    await sse.prepare(request)
+    return sse
+
+
+def _done(chat_id: str, exchanged: Exchanged) -> StreamDone:
+    settlement, completion = exchanged.settlement, exchanged.completion
+    return StreamDone(
+        message=message_out(chat_id, settlement.ai_message),
+        tokens_charged=ledger.from_milli(settlement.charged_milli),
+        token_limit=ledger.from_milli(settlement.limit_milli),
+        token_used=ledger.from_milli(settlement.used_milli),
+        prompt_tokens=completion.prompt_tokens,
+        completion_tokens=completion.completion_tokens,
+        estimated=completion.estimated,
+    )
+
+
+async def _send_error(sse: EventSourceResponse, exc: Exception) -> None:
+    """The JSON error the status-code path would have answered, as an `error` event."""
+    response = response_for(exc)
+    if response is None:
+        log.exception("unhandled_error")
+        fields: dict[str, Any] = {"detail": "Internal server error.", "code": "internal_error"}
+        status = 500
+    else:
+        assert isinstance(response.body, bytes)
+        fields, status = msgspec.json.decode(response.body), response.status
+        log.warning("stream_failed", code=fields.get("code"), status=status, cause=repr(exc.__cause__))
+    with contextlib.suppress(ConnectionResetError):
+        await sse.send(_json({**fields, "status": status}), event="error")
+
+
+def _json(payload: object) -> str:
+    return ENCODER.encode(payload).decode()

@@ -1,0 +1,183 @@
+"""POST /chats/messages/ as Server-Sent Events on the offline model (api.md Part C, issue 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from aiohttp import ClientResponse
+
+import ledger
+from service.app import create_app
+from service.providers import CompletionRequest, ProviderError, ReplyStream
+from service.providers.offline import OfflineModel
+from service.settings import Settings
+from tests.http.conftest import Api, AppFactory, new_tenant
+from tests.providers.sse import STREAM_HEADERS, Event, all_events, reply_of
+
+CONTENT = "What does a token budget do?"
+
+
+async def stream(
+    api: Api, chat_id: str, *, via: str = "accept", **fields: Any
+) -> tuple[ClientResponse, list[Event]]:
+    """Send a message asking for a stream (by Accept header or by `"stream": true`)."""
+    body = {"chat_id": chat_id, "content": CONTENT, **fields}
+    headers = {"X-API-Key": api.api_key}
+    if via == "accept":
+        headers.update(STREAM_HEADERS)
+    else:
+        body["stream"] = True
+    async with api.client.post(
+        "/chats/messages/", data=msgspec.json.encode(body), headers=headers
+    ) as response:
+        received = await all_events(response) if response.status == 200 else []
+        await response.read()
+        return response, received
+
+
+class TestStreamedReply:
+    @pytest.mark.parametrize("via", ["accept", "body"])
+    async def test_deltas_then_the_saved_message(self, api: Api, via: str) -> None:
+        """Deltas word by word, then one `done` event with the saved AI message (the JSON of the
+        non-streamed answer), its charge and the chat's balance."""
+        chat = await api.create_chat(1000)
+        response, received = await stream(api, chat["chat_id"], via=via)
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert response.headers["X-Request-ID"]
+        names = [name for name, _ in received]
+        assert names[-1] == "done"
+        assert set(names[:-1]) == {"delta"}
+        assert len(names) > 10
+        done = received[-1][1]
+        assert done["message"]["content"] == reply_of(received)
+        history = (await api.call("GET", f"/chats/{chat['chat_id']}/messages/"))[1]["items"]
+        assert done["message"] == history[1]
+        assert done["tokens_charged"] == done["message"]["tokens_charged"]
+        assert done["prompt_tokens"] + done["completion_tokens"] == done["tokens_charged"]
+        assert done["estimated"] is False
+        chat_after = (await api.call("GET", f"/chats/{chat['chat_id']}"))[1]
+        assert (done["token_limit"], done["token_used"]) == (1000.0, chat_after["token_used"])
+
+    async def test_streamed_and_whole_replies_charge_the_same(self, api: Api) -> None:
+        """The same prompt costs the same, and saves the same reply, streamed or not."""
+        first, second = (await api.create_chat(1000))["chat_id"], (await api.create_chat(1000))["chat_id"]
+        status, whole = await api.send(first, CONTENT)
+        assert status == 200
+        _response, received = await stream(api, second)
+        done = received[-1][1]["message"]
+        assert (done["content"], done["tokens_charged"]) == (whole["content"], whole["tokens_charged"])
+        assert whole["tokens_charged"] == 51.0
+
+    async def test_a_reply_cut_by_the_budget_is_flagged_truncated(self, api: Api) -> None:
+        """A chat that can pay for only a few reply tokens streams exactly those, flagged truncated."""
+        chat = (await api.create_chat(10))["chat_id"]
+        _response, received = await stream(api, chat)
+        done = received[-1][1]
+        assert done["message"]["truncated"] is True
+        assert done["token_used"] == 10.0
+        assert done["completion_tokens"] == len([name for name, _ in received if name == "delta"])
+
+
+class TestErrorsBeforeTheStream:
+    @pytest.mark.parametrize(
+        ("case", "status", "code"),
+        [
+            ("poor", 402, "insufficient_tokens"),
+            ("unknown", 404, "chat_not_found"),
+            ("deleted", 404, "chat_deleted"),
+            ("blank", 422, "invalid_content"),
+        ],
+    )
+    async def test_stay_json_with_their_status(self, api: Api, case: str, status: int, code: str) -> None:
+        """A stream that cannot start answers the plain JSON error, whatever the Accept header says."""
+        chat = (await api.create_chat(1 if case == "poor" else 1000))["chat_id"]
+        if case == "deleted":
+            await api.call("DELETE", f"/chats/{chat}")
+        chat_id = "6e380121-1bf8-4435-8c62-7d090ac42af8" if case == "unknown" else chat
+        content = " " if case == "blank" else CONTENT
+        answer, body, headers = await api.call(
+            "POST", "/chats/messages/", json={"chat_id": chat_id, "content": content}, headers=STREAM_HEADERS
+        )
+        assert (answer, body["code"]) == (status, code)
+        assert headers["Content-Type"].startswith("application/json")
+
+    async def test_unauthorized_stays_json(self, api: Api) -> None:
+        """A missing key is the JSON 401 before anything else."""
+        answer, body, _ = await api.call(
+            "POST",
+            "/chats/messages/",
+            json={"chat_id": "x", "content": "hi"},
+            key=None,
+            headers=STREAM_HEADERS,
+        )
+        assert answer == 401
+        assert "code" in body
+
+    async def test_a_model_that_fails_to_start_is_a_json_502(
+        self, aiohttp_client: Any, redis_client: Any, tenants: ledger.TenantStore, test_settings: Settings
+    ) -> None:
+        """The model failing before its first delta is the same 502 as without streaming: nothing
+        charged, nothing held, nothing saved."""
+        _config, key = await new_tenant(tenants)
+        api = Api(
+            await aiohttp_client(create_app(test_settings, redis=redis_client, provider=NoStart())), key
+        )
+        chat = (await api.create_chat(1000))["chat_id"]
+        answer, body, headers = await api.call(
+            "POST", "/chats/messages/", json={"chat_id": chat, "content": "hi"}, headers=STREAM_HEADERS
+        )
+        assert (answer, body["code"], headers["Retry-After"]) == (502, "upstream_error", "1")
+        balance = (await api.call("GET", f"/chats/{chat}"))[1]
+        assert balance["token_used"] == 0.0
+        meta = await redis_client.hgetall(ledger.Keyspace("cltest").chat_meta(chat))
+        assert meta["reserved"] == "0"
+        assert (await api.call("GET", f"/chats/{chat}/messages/"))[1]["total"] == 0
+
+
+class TestProvidersWithoutStreaming:
+    async def test_a_whole_reply_is_streamed_as_one_delta(
+        self,
+        make_client: AppFactory,
+        aiohttp_client: Any,
+        redis_client: Any,
+        tenants: ledger.TenantStore,
+        test_settings: Settings,
+    ) -> None:
+        """A provider with no `open_stream` (a wrapper, a test double) still streams: one delta with
+        the whole reply, charged like the JSON answer."""
+        _config, key = await new_tenant(tenants)
+        api = Api(
+            await aiohttp_client(create_app(test_settings, redis=redis_client, provider=WholeOnly())), key
+        )
+        chat = (await api.create_chat(1000))["chat_id"]
+        _response, received = await stream(api, chat)
+        assert [name for name, _ in received] == ["delta", "done"]
+        assert received[-1][1]["tokens_charged"] == 51.0
+
+
+class NoStart(OfflineModel):
+    """An offline model whose streams fail before the first delta."""
+
+    async def open_stream(self, request: CompletionRequest) -> ReplyStream:
+        raise ProviderError("The model answered HTTP 500.")
+
+
+class WholeOnly:
+    """Answers whole replies only (no open_stream), like a provider wrapper might."""
+
+    name = "whole-only"
+
+    def __init__(self) -> None:
+        self.inner = OfflineModel()
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    async def complete(self, request: CompletionRequest) -> Any:
+        return await self.inner.complete(request)
+
+    async def close(self) -> None:
+        return None
