@@ -30,8 +30,6 @@ class ConfigRecord(msgspec.Struct, kw_only=True, frozen=True):
     max_output_tokens: int = 512
     # Sampling temperature sent to the model; None leaves the upstream's default.
     temperature: float | None = None
-    # Sampling temperature sent to the model; None leaves the upstream's default.
-    temperature: float | None = None
     # Charge per prompt / completion token, in milli-tokens: 1000 is a weight of 1.0 (design.md section 2).
     prompt_weight_milli: int = 1000
     completion_weight_milli: int = 1000
