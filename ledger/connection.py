@@ -57,3 +57,9 @@ def embedded_redis() -> Redis:
     """An in-process Redis with Lua scripting, for the embedded default and the fast tests."""
     client: Redis = fakeredis.aioredis.FakeRedis(decode_responses=True)
     return client
+
+
+def is_cluster(client: RedisClient) -> bool:
+    """A Redis Cluster client: its pipelines refuse scripts and send each node's commands concurrently,
+    so work that must be ordered across slots needs separate round trips there."""
+    return isinstance(client, RedisCluster)

@@ -12,7 +12,7 @@ from typing import cast
 
 import msgspec
 
-from ledger.connection import RedisClient
+from ledger.connection import RedisClient, is_cluster
 from ledger.errors import (
     ChatDeleted,
     ChatNotDeleted,
@@ -128,7 +128,12 @@ class Ledger:
             # NX: a replayed creation must not move its chat in the listing.
             _ = pipe.zadd(self.keys.config_chats(config.config_id), {chat_id: created_us}, nx=True)
             _ = pipe.zadd(live_index, {chat_id: created_us}, nx=True)
-            await self.scripts.create_chat(
+            # A cluster pipeline refuses scripts, and sends each node's commands concurrently so it could
+            # not keep "index first" anyway: on a cluster the index goes first, then the script alone.
+            on_cluster = is_cluster(self.redis)
+            if on_cluster:
+                await pipe.execute()
+            script_reply = await self.scripts.create_chat(
                 keys=[self.keys.chat_meta(chat_id), self.keys.chat_journal(chat_id)],
                 args=[
                     config.config_id,
@@ -140,9 +145,9 @@ class Ledger:
                 ],
                 # redis-py's hint omits pipelines, which AsyncScript.__call__ supports (it queues the
                 # script's SCRIPT LOAD with the pipeline).
-                client=pipe,  # type: ignore[arg-type]
+                client=None if on_cluster else pipe,  # type: ignore[arg-type]
             )
-            *_, reply = await pipe.execute()
+            *_, reply = [script_reply] if on_cluster else await pipe.execute()
         if reply[0] == "replay":
             original = _chat_from_reply(chat_id, reply)
             if original.deleted:
