@@ -1,11 +1,12 @@
 """The `chatledger` command: serve the API, and manage configs and API keys in a real Redis.
 
-    chatledger serve [--host H] [--port P] [--base-path /prefix]
+    chatledger serve [--host H] [--port P] [--base-path /prefix] [--workers N]
     chatledger config create --agent-name NAME --company-name NAME [branding and model options]
     chatledger config show CONFIG_ID | chatledger config list
     chatledger key create CONFIG_ID | key list CONFIG_ID | key revoke (API_KEY | CONFIG_ID KEY_ID)
 
-Every command but `serve` needs REDIS_URL: the embedded Redis lives inside the server process.
+Every command but `serve` needs REDIS_URL (or REDIS_CLUSTER_URL): the embedded Redis lives inside the
+server process. For the same reason `serve --workers N` needs one when N > 1.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
-from aiohttp import web
 
 import ledger
-from service.app import create_app
-from service.logging import configure_logging
+from service import workers
+from service.lifecycle import connect_redis
 from service.schemas import iso_utc
 from service.settings import Settings, SettingsError, settings_from_env
 
@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (CHATLEDGER_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (CHATLEDGER_PORT, default 8080)")
     serve.add_argument("--base-path", help="mount the API under this path (CHATLEDGER_BASE_PATH)")
+    serve.add_argument(
+        "--workers", type=int, help="processes sharing the port (CHATLEDGER_WORKERS, default 1)"
+    )
 
     config = commands.add_parser("config", help="manage chat configurations").add_subparsers(
         dest="action", required=True
@@ -82,14 +85,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             base_path=getattr(args, "base_path", None),
+            workers=getattr(args, "workers", None),
         )
     except SettingsError as exc:
         print(f"chatledger: {exc}", file=sys.stderr)
         return 2
+    if settings.redis_url is not None and settings.redis_cluster_url is not None:
+        print("chatledger: set REDIS_URL or REDIS_CLUSTER_URL, not both.", file=sys.stderr)
+        return 2
     if args.command == "serve":
         return serve(settings)
-    if settings.redis_url is None:
-        print("chatledger: set REDIS_URL: configs and keys are kept in Redis.", file=sys.stderr)
+    if settings.embedded:
+        print(
+            "chatledger: set REDIS_URL (or REDIS_CLUSTER_URL): configs and keys are kept in Redis.",
+            file=sys.stderr,
+        )
         return 2
     handler = _ADMIN_COMMANDS[(args.command, args.action)]
     try:
@@ -100,31 +110,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
-    configure_logging(settings.log_format, settings.log_level)
-    loop = _event_loop()
-    web.run_app(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=lambda text: print(text.strip(), file=sys.stderr),
-        loop=loop,
-    )
-    return 0
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (`pip install chatledger[fast]`), else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    """Run the API (service/workers.py), after refusing what cannot work."""
+    if settings.workers > 1 and settings.embedded:
+        print(
+            "chatledger: --workers needs REDIS_URL or REDIS_CLUSTER_URL: the in-process Redis lives "
+            "inside one process and cannot be shared by several workers.",
+            file=sys.stderr,
+        )
+        return 2
+    if settings.workers > 1 and settings.port == 0:
+        print(
+            "chatledger: --workers needs a fixed --port: each worker binds the port itself.", file=sys.stderr
+        )
+        return 2
+    return workers.serve(settings)
 
 
 async def _with_store(settings: Settings, run: Callable[[ledger.TenantStore], Awaitable[int]]) -> int:
-    assert settings.redis_url is not None
-    client = ledger.connect(settings.redis_url)
+    client = connect_redis(settings)
     try:
         return await run(ledger.TenantStore(client, ledger.Keyspace(settings.key_prefix)))
     finally:

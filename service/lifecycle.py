@@ -15,6 +15,7 @@ from service.auth import Authenticator
 from service.demo import ensure_demo_config
 from service.exchange import Exchange
 from service.providers import provider_from_settings
+from service.settings import Settings
 
 log = structlog.get_logger("chatledger")
 
@@ -24,7 +25,7 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     settings = app[SETTINGS]
-    if settings.redis_url is None:
+    if settings.embedded:
         app[REDIS] = ledger.embedded_redis()
         log.warning(
             "embedded_redis",
@@ -32,12 +33,22 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
             "Single process only; every chat is lost when it exits. Set REDIS_URL for real use.",
         )
     else:
-        app[REDIS] = ledger.connect(settings.redis_url)
-        log.info("redis", url=_without_password(settings.redis_url))
+        app[REDIS] = connect_redis(settings)
     try:
         yield
     finally:
         await app[REDIS].aclose()
+
+
+def connect_redis(settings: Settings) -> ledger.RedisClient:
+    """The client the settings name: a Redis Cluster when REDIS_CLUSTER_URL is set, else REDIS_URL's
+    node. Setting both is refused before this is called (service/cli.py)."""
+    if settings.redis_cluster_url is not None:
+        log.info("redis_cluster", url=_without_password(settings.redis_cluster_url))
+        return ledger.connect_cluster(settings.redis_cluster_url)
+    assert settings.redis_url is not None, "embedded mode has no Redis URL"
+    log.info("redis", url=_without_password(settings.redis_url))
+    return ledger.connect(settings.redis_url)
 
 
 async def ledger_and_tenants(app: web.Application) -> AsyncIterator[None]:

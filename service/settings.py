@@ -1,7 +1,8 @@
 """Settings from environment variables: the only module that reads os.environ.
 
-Every field `name` is read from `CHATLEDGER_<NAME>`, except `redis_url`, which is the conventional
-`REDIS_URL`. Values are parsed by msgspec, so `CHATLEDGER_PORT=abc` fails at start with a clear message.
+Every field `name` is read from `CHATLEDGER_<NAME>`, except `redis_url` and `redis_cluster_url`, which
+are the conventional `REDIS_URL` and `REDIS_CLUSTER_URL`. Values are parsed by msgspec, so
+`CHATLEDGER_PORT=abc` fails at start with a clear message.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     base_path: str = ""
     # Unset: the embedded in-process Redis (fakeredis), data lost on exit (design.md section 9).
     redis_url: str | None = None
+    # A Redis Cluster, given any one node's URL: the cluster client instead of REDIS_URL (issue 5).
+    redis_cluster_url: str | None = None
+    # `serve` processes sharing the port (SO_REUSEPORT); more than one needs a real Redis (issue 5).
+    workers: Positive = 1
+    # On SIGTERM a worker stops accepting, then gives in-flight requests this long before cancelling them.
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # Test and demo only: each message request waits this long before it is handled (service/delay.py).
+    message_delay_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
     key_prefix: str = "cl"
     # 'auto' is a readable console log on a terminal and JSON lines otherwise (production).
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -61,7 +70,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def embedded(self) -> bool:
-        return self.redis_url is None
+        return self.redis_url is None and self.redis_cluster_url is None
 
     def ledger_limits(self) -> LedgerLimits:
         return LedgerLimits(reservation_ttl_ms=self.reservation_ttl_s * 1000)
@@ -74,7 +83,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def env_name(field: str) -> str:
-    return "REDIS_URL" if field == "redis_url" else f"CHATLEDGER_{field.upper()}"
+    return field.upper() if field in ("redis_url", "redis_cluster_url") else f"CHATLEDGER_{field.upper()}"
 
 
 class SettingsError(ValueError):
