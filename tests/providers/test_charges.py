@@ -20,13 +20,15 @@ from typing import Any, cast
 import msgspec
 import pytest
 import pytest_asyncio
+import structlog
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestClient, unused_port
 from redis.asyncio import Redis
 
 import ledger
 from service.app import create_app
-from service.settings import Settings
+from service.providers import provider_from_settings
+from service.settings import Settings, SettingsError, settings_from_env
 from tests.http.conftest import Api, new_tenant
 from tests.providers.conftest import READ_TIMEOUT_S
 from tests.providers.fake_openai import Behavior, FakeOpenAI
@@ -329,3 +331,56 @@ class TestNeverReservesMoreThanTheChatCanPay:
 
 async def _has_requests(fake: FakeOpenAI, count: int) -> bool:
     return len(fake.requests) >= count
+
+
+class TestLogs:
+    async def test_no_api_key_or_content_in_the_logs(self, upstream: Upstream) -> None:
+        """Exchanges, retries, a left stream and a failure log neither the upstream's API key, nor the
+        chat's API key, nor the message or the reply, at info or above."""
+        upstream.fake.plan(Behavior(status=500), Behavior(), Behavior(pause_after=2), Behavior(cut_after=1))
+        api, _config = await upstream.api()
+        chat = (await api.create_chat(10_000))["chat_id"]
+        with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logged:
+            assert (await send(api, chat, stream=False))[0] == 200
+            headers = {"X-API-Key": api.api_key, **STREAM_HEADERS}
+            body = msgspec.json.encode({"chat_id": chat, "content": CONTENT})
+            async with api.client.post("/chats/messages/", data=body, headers=headers) as response:
+                await upstream.fake.paused.wait()
+                response.close()
+            await eventually(lambda: _reserved_is(upstream, chat, 0))
+            assert (await send(api, chat, stream=True))[2][-1][0] == "error"
+        events = {e["event"] for e in logged}
+        assert {"upstream_retry", "stream_abandoned", "stream_failed"} <= events
+        text = repr([e for e in logged if e["log_level"] != "debug"])
+        for secret in ("sk-test-key", api.api_key, CONTENT, "quick brown"):
+            assert secret not in text
+
+
+class TestSettings:
+    def test_the_openai_provider_needs_a_model(self) -> None:
+        """CHATLEDGER_PROVIDER=openai without CHATLEDGER_OPENAI_MODEL fails at start, naming it."""
+        settings = Settings(provider="openai")
+        with pytest.raises(SettingsError, match="CHATLEDGER_OPENAI_MODEL"):
+            provider_from_settings(settings)
+
+    def test_settings_read_from_the_environment(self) -> None:
+        """Every openai setting has its CHATLEDGER_OPENAI_* variable."""
+        settings = settings_from_env(
+            {
+                "CHATLEDGER_PROVIDER": "openai",
+                "CHATLEDGER_OPENAI_BASE_URL": "http://localhost:11434/v1",
+                "CHATLEDGER_OPENAI_API_KEY": "sk-x",
+                "CHATLEDGER_OPENAI_MODEL": "llama3",
+                "CHATLEDGER_OPENAI_CONNECT_TIMEOUT_S": "1.5",
+                "CHATLEDGER_OPENAI_READ_TIMEOUT_S": "20",
+                "CHATLEDGER_OPENAI_TOTAL_TIMEOUT_S": "60",
+                "CHATLEDGER_OPENAI_MAX_RETRIES": "0",
+                "CHATLEDGER_OPENAI_RETRY_BACKOFF_S": "0.1",
+            }
+        )
+        assert (settings.provider, settings.openai_model, settings.openai_max_retries) == (
+            "openai",
+            "llama3",
+            0,
+        )
+        assert (settings.openai_connect_timeout_s, settings.openai_total_timeout_s) == (1.5, 60.0)
