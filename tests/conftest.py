@@ -1,24 +1,39 @@
 """Fixtures shared by every test directory: Redis backends, the ledger and the tenant store.
 
-`redis_client` runs each test body on both backends (style.md 16): the embedded fakeredis, and a real
-`redis-server` that one session fixture spawns on a free port. The real run carries the `redis` mark, so it
+`redis_client` runs each test body on three backends (style.md 16): the embedded fakeredis, a real
+`redis-server` that one session fixture spawns on a free port, and a real Redis Cluster of three primaries
+that another session fixture builds (issue 5). The real runs carry the `redis` and `cluster` marks, so they
 can be selected or deselected, but never skipped silently.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from ledger import ConfigRecord, Keyspace, Ledger, TenantStore, connect, embedded_redis
-from tests.redis_servers import RedisServer
+from ledger import (
+    ConfigRecord,
+    Keyspace,
+    Ledger,
+    RedisClient,
+    TenantStore,
+    connect,
+    connect_cluster,
+    embedded_redis,
+)
+from tests.redis_servers import LocalRedisCluster, RedisServer, flush_all
+
+# A single-node client stays typed as one (real_redis), any backend as the union (redis_client).
+C = TypeVar("C", Redis, RedisClient)
 
 BACKENDS = [
     pytest.param("fakeredis", id="fakeredis"),
     pytest.param("redis-server", marks=pytest.mark.redis, id="redis-server"),
+    pytest.param("redis-cluster", marks=pytest.mark.cluster, id="redis-cluster"),
 ]
 
 
@@ -29,8 +44,15 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-async def _fresh_client(client: Redis) -> AsyncIterator[Redis]:
-    await client.flushall()
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster (three primaries) for the whole session, stopped at the end."""
+    with LocalRedisCluster() as cluster:
+        yield cluster
+
+
+async def _fresh_client(client: C) -> AsyncIterator[C]:
+    await flush_all(client)
     try:
         yield client
     finally:
@@ -38,13 +60,17 @@ async def _fresh_client(client: Redis) -> AsyncIterator[Redis]:
 
 
 @pytest_asyncio.fixture(params=BACKENDS)
-async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
-    """An empty Redis on each backend: fakeredis, then the session's redis-server."""
+async def redis_client(request: pytest.FixtureRequest) -> AsyncIterator[RedisClient]:
+    """An empty Redis on each backend: fakeredis, the session's redis-server, the session's cluster."""
+    client: RedisClient
     if request.param == "fakeredis":
         client = embedded_redis()
-    else:
+    elif request.param == "redis-server":
         server: RedisServer = request.getfixturevalue("redis_server")
         client = connect(server.url)
+    else:
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        client = connect_cluster(cluster.url)
     async for fresh in _fresh_client(client):
         yield fresh
 
@@ -63,7 +89,7 @@ def keyspace() -> Keyspace:
 
 
 @pytest_asyncio.fixture
-async def ledger(redis_client: Redis, keyspace: Keyspace) -> Ledger:
+async def ledger(redis_client: RedisClient, keyspace: Keyspace) -> Ledger:
     """A started ledger (scripts loaded) on the test's backend."""
     started = Ledger(redis_client, keyspace)
     await started.start()
@@ -71,7 +97,7 @@ async def ledger(redis_client: Redis, keyspace: Keyspace) -> Ledger:
 
 
 @pytest.fixture
-def tenants(redis_client: Redis, keyspace: Keyspace) -> TenantStore:
+def tenants(redis_client: RedisClient, keyspace: Keyspace) -> TenantStore:
     """Configs and API keys on the test's backend."""
     return TenantStore(redis_client, keyspace)
 
