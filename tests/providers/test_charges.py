@@ -38,6 +38,9 @@ SYSTEM = "You are terse."
 CONTENT = "Tell me about foxes"
 WEIGHTS = {"prompt_weight_milli": 1500, "completion_weight_milli": 2000}
 KEYS = ledger.Keyspace("cltest")
+# The read timeout of tests that pause the upstream while the test acts: long enough that a slow CI
+# machine never turns the pause into a timeout, and never reached when the test works.
+PATIENT_S = 30.0
 
 
 class Upstream:
@@ -141,7 +144,7 @@ class TestClientLeaves:
         = 18.0 tokens are charged (never 0, never the 8 x 1.5 + 512 x 2.0 held), the hold is released,
         and the partial reply is saved flagged truncated."""
         upstream.fake.plan(Behavior(pause_after=3))
-        api, _config = await upstream.api()
+        api, _config = await upstream.api(settings=upstream.settings(openai_read_timeout_s=PATIENT_S))
         chat = (await api.create_chat(10_000))["chat_id"]
         headers = {"X-API-Key": api.api_key, **STREAM_HEADERS}
         body = msgspec.json.encode({"chat_id": chat, "content": CONTENT})
@@ -165,6 +168,23 @@ class TestClientLeaves:
             True,
             18.0,
         )
+
+    async def test_a_client_leaving_before_the_first_delta_pays_the_prompt(self, upstream: Upstream) -> None:
+        """The model accepted the request (its prompt is spent) but sent no text yet when the client
+        left: 8 x 1.5 = 12.0 tokens are charged and an empty reply is saved, flagged truncated."""
+        upstream.fake.plan(Behavior(pause_after=0))
+        api, _config = await upstream.api(settings=upstream.settings(openai_read_timeout_s=PATIENT_S))
+        chat = (await api.create_chat(10_000))["chat_id"]
+        sent = asyncio.create_task(send(api, chat, stream=True))
+        await upstream.fake.paused.wait()
+        sent.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sent
+        await upstream.fake.disconnected.wait()
+        await eventually(lambda: _reserved_is(upstream, chat, 0))
+        assert (await upstream.meta(chat))["used"] == "12000"
+        reply = (await api.call("GET", f"/chats/{chat}/messages/"))[1]["items"][1]
+        assert (reply["content"], reply["truncated"], reply["tokens_charged"]) == ("", True, 12.0)
 
     async def test_a_client_leaving_a_production_server_pays_what_was_generated(
         self, upstream: Upstream
@@ -289,6 +309,23 @@ class TestFailuresChargeNothing:
         assert (meta["used"], meta["reserved"]) == ("0", "17500")
         assert (await api.call("GET", f"/chats/{chat}/messages/"))[1]["total"] == 0
 
+    async def test_a_chat_deleted_mid_stream_ends_with_its_error(self, upstream: Upstream) -> None:
+        """A chat deleted while its reply streams takes no message and no tokens: the stream ends with
+        the 404 `chat_deleted` error event and the hold is released."""
+        upstream.fake.plan(Behavior(pause_after=2))
+        api, _config = await upstream.api(settings=upstream.settings(openai_read_timeout_s=PATIENT_S))
+        chat = (await api.create_chat(1000))["chat_id"]
+        sent = asyncio.create_task(send(api, chat, stream=True))
+        await upstream.fake.paused.wait()
+        assert (await api.call("DELETE", f"/chats/{chat}"))[0] == 200
+        upstream.fake.release.set()
+        status, _, received = await sent
+        assert status == 200
+        assert [name for name, _ in received] == ["delta"] * 10 + ["error"]
+        assert (received[-1][1]["code"], received[-1][1]["status"]) == ("chat_deleted", 404)
+        meta = await upstream.meta(chat)
+        assert (meta["used"], meta["reserved"]) == ("0", "0")
+
 
 class TestNeverReservesMoreThanTheChatCanPay:
     @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
@@ -298,7 +335,9 @@ class TestNeverReservesMoreThanTheChatCanPay:
         """A config asking for 10^9 reply tokens on a 100-token chat: the hold is the whole balance
         (8 x 1.5 + 44 x 2.0 = 100.0) and the upstream is told max_tokens = 44."""
         upstream.fake.plan(Behavior(hang=True))
-        api, _config = await upstream.api(max_output_tokens=10**9)
+        api, _config = await upstream.api(
+            settings=upstream.settings(openai_read_timeout_s=PATIENT_S), max_output_tokens=10**9
+        )
         chat = (await api.create_chat(100))["chat_id"]
         sent = asyncio.create_task(send(api, chat, stream=stream))
         await eventually(lambda: _has_requests(upstream.fake, 1))
@@ -338,7 +377,7 @@ class TestLogs:
         """Exchanges, retries, a left stream and a failure log neither the upstream's API key, nor the
         chat's API key, nor the message or the reply, at info or above."""
         upstream.fake.plan(Behavior(status=500), Behavior(), Behavior(pause_after=2), Behavior(cut_after=1))
-        api, _config = await upstream.api()
+        api, _config = await upstream.api(settings=upstream.settings(openai_read_timeout_s=PATIENT_S))
         chat = (await api.create_chat(10_000))["chat_id"]
         with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logged:
             assert (await send(api, chat, stream=False))[0] == 200
