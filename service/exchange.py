@@ -79,10 +79,11 @@ class Exchange:
     ) -> Exchanged:
         """Like `send`, handing each delta of the reply to `on_delta` as it arrives.
 
-        Raises before any delta, with the hold voided, when the chat cannot pay or the model fails to
-        start (so the caller can still answer with a plain error). After the first delta: an upstream
-        failure voids and raises ProviderError; a client that left (`on_delta` raised, or the task was
-        cancelled) settles the partial reply and raises ClientGone (or the CancelledError)."""
+        A failure of the chat (402, 404...) or of the model (ProviderError, before or during the reply)
+        voids the hold and raises; the caller can tell from whether it has sent anything whether to
+        answer with a plain error or end its stream with one. A client that left (`on_delta` raised,
+        or the task was cancelled) gets the partial reply settled, then ClientGone (or the
+        CancelledError) is raised."""
         reservation = await self._reserve(config, chat_id, content)
         try:
             reply = await open_stream(self._provider, self._request(config, reservation, content))

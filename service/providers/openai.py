@@ -87,12 +87,13 @@ class _Delta(msgspec.Struct):
 
 class _ChunkChoice(msgspec.Struct):
     index: int = 0
-    delta: _Delta = msgspec.field(default_factory=_Delta)
+    delta: _Delta | None = None
     finish_reason: str | None = None
 
 
 class _Chunk(msgspec.Struct):
-    choices: list[_ChunkChoice] = msgspec.field(default_factory=list)
+    # Null or empty on the usage chunk, depending on the server.
+    choices: list[_ChunkChoice] | None = None
     usage: _Usage | None = None
     # Some servers report a failure inside a started stream as `data: {"error": {...}}`.
     error: Any = None
@@ -232,10 +233,10 @@ class OpenAIProvider:
                     chunk = _decode_chunk(data)
                     if chunk.usage is not None:
                         usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    for choice in chunk.choices:
+                    for choice in chunk.choices or ():
                         if choice.index != 0:
                             continue
-                        if choice.delta.content:
+                        if choice.delta is not None and choice.delta.content:
                             yield choice.delta.content
                         finish = choice.finish_reason or finish
             if not done and finish is None:
