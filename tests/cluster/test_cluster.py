@@ -7,6 +7,8 @@ MOVED and ASK redirections of a slot that changes hands (issue 5, design.md sect
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -16,8 +18,9 @@ from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from ledger import ConfigRecord, HistoryQuery, Keyspace, Ledger, TenantStore
+from ledger import ConfigRecord, HistoryQuery, Keyspace, Ledger, TenantStore, connect_cluster
 from ledger.scripts import SCRIPT_NAMES
+from service.cli import main
 from tests.integration.helpers import reserve, settle
 from tests.redis_servers import LocalRedisCluster, flush_all
 
@@ -175,3 +178,34 @@ class TestRedirections:
         history = await cluster_ledger.read_history(config.config_id, chat.chat_id, HistoryQuery(limit=10))
         assert history.total == 6
         assert [m.is_user for m in history.items] == [True, False] * 3
+
+
+class TestCliOnTheCluster:
+    def test_configs_and_keys_through_redis_cluster_url(
+        self,
+        redis_cluster: LocalRedisCluster,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """The admin commands work on a cluster given REDIS_CLUSTER_URL alone: a created config and
+        its key read back through a cluster client."""
+        monkeypatch.delenv("REDIS_URL", raising=False)
+        monkeypatch.setenv("REDIS_CLUSTER_URL", redis_cluster.url)
+        monkeypatch.setenv("CHATLEDGER_KEY_PREFIX", "clcli")
+        assert main(["config", "create", "--agent-name", "Bot", "--company-name", "Acme"]) == 0
+        out = capsys.readouterr().out
+        config_id = re.search(r"config_id: (\S+)", out)
+        api_key = re.search(r"api_key:\s+(\S+)", out)
+        assert config_id
+        assert api_key
+
+        async def resolve() -> str | None:
+            client = connect_cluster(redis_cluster.url)
+            try:
+                return await TenantStore(client, Keyspace("clcli")).resolve_key(api_key[1])
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(resolve()) == config_id[1]
+        assert main(["key", "list", config_id[1]]) == 0
+        assert api_key[1][:8] in capsys.readouterr().out

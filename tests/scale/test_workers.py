@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,8 +23,9 @@ from redis.asyncio import Redis
 
 from ledger import HistoryQuery, Keyspace, Ledger, TenantStore, connect
 from service.cli import main
+from service.settings import settings_from_env
 from tests.redis_servers import RedisServer, flush_all, free_ports
-from tests.scale.conftest import Process
+from tests.scale.conftest import Process, base_env
 
 PREFIX = "clworkers"
 KEYS = Keyspace(PREFIX)
@@ -121,8 +125,34 @@ class TestRefusals:
         assert main(["serve", "--workers", "2", "--port", "0"]) == 2
         assert "fixed --port" in capsys.readouterr().err
 
+    def test_the_cluster_url_is_read_from_its_conventional_name(self) -> None:
+        """REDIS_CLUSTER_URL (no CHATLEDGER_ prefix, like REDIS_URL) selects a real store."""
+        settings = settings_from_env(
+            {"REDIS_CLUSTER_URL": "redis://10.0.0.7:7000", "CHATLEDGER_WORKERS": "3"}
+        )
+        assert settings.redis_cluster_url == "redis://10.0.0.7:7000"
+        assert settings.workers == 3
+        assert not settings.embedded
+
 
 class TestServeWorkers:
+    def test_a_worker_that_cannot_boot_fails_the_start(self, tmp_path: Path) -> None:
+        """With Redis unreachable no worker can start: serve exits 1 and says which worker failed,
+        rather than respawning it for ever."""
+        port, dead_port = free_ports(2)
+        env = base_env(REDIS_URL=f"redis://127.0.0.1:{dead_port}/0")
+        process = Process(
+            [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
+            env,
+            tmp_path / "serve.log",
+        )
+        try:
+            assert process.wait() == 1
+        finally:
+            process.close()
+        assert process.log.events("worker_boot_failed")
+        assert not process.log.events("workers_ready")
+
     async def test_sigterm_lets_in_flight_requests_finish(
         self, start_serve: Any, redis_server: RedisServer, redis: Redis, http: aiohttp.ClientSession
     ) -> None:
@@ -191,3 +221,33 @@ class TestServeWorkers:
         results = await asyncio.gather(*(client.send(chat_id, n) for n in range(20)))
         assert [status for status, _ in results] == [200] * 20
         assert await asyncio.to_thread(server.terminate) == 0
+
+    async def test_workers_stop_when_the_parent_dies(
+        self, start_serve: Any, redis_server: RedisServer, redis: Redis
+    ) -> None:
+        """A parent killed outright (SIGKILL: no chance to stop anything) leaves no orphan: each worker
+        sees its pipe close and stops on its own."""
+        port = free_ports(1)[0]
+        server: Process = start_serve(port, 2, **_settings(redis_server))
+        workers = [event["pid"] for event in server.log.events("worker_started")]
+        server.popen.send_signal(signal.SIGKILL)
+        server.popen.wait()
+        await asyncio.to_thread(server.log.wait_for, "worker_stopped", 2)
+        assert len(server.log.events("parent_gone")) == 2
+        await asyncio.to_thread(_wait_gone, workers)
+
+
+def _wait_gone(pids: list[int]) -> None:
+    """Until every pid has exited (a zombie left to an init that does not reap counts as exited)."""
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"still running: {[pid for pid in pids if _running(pid)]}"
+        time.sleep(0.02)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
