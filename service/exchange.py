@@ -205,6 +205,8 @@ async def _relay(reply: ReplyStream, on_delta: DeltaSink) -> None:
             try:
                 await on_delta(delta)
             except Exception as exc:
+                # Usually a reset connection; the type is logged so that anything else shows.
+                log.info("client_gone", cause=type(exc).__name__)
                 raise ClientGone(None) from exc
 
 

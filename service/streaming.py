@@ -32,6 +32,9 @@ from service.schemas import ENCODER, MessageOut, message_out
 log = structlog.get_logger(__name__)
 
 EVENT_STREAM = "text/event-stream"
+# What a write to a client that left raises: a reset connection, or aiohttp-sse's send timeout on a
+# client that stopped reading.
+CLIENT_GONE = (ConnectionResetError, TimeoutError)
 
 
 class StreamDone(msgspec.Struct, kw_only=True):
@@ -72,11 +75,10 @@ async def stream_reply(
         exchanged = await request.app[EXCHANGE].stream(config, chat_id, content, send_delta)
         if sse is None:  # every reply has a delta (an empty one is an error); kept for safety
             sse = await _start(request)
-        await sse.send(_json(_done(chat_id, exchanged)), event="done")
+        # The exchange is settled: a client leaving during this last event changes nothing.
+        with contextlib.suppress(*CLIENT_GONE):
+            await sse.send(_json(_done(chat_id, exchanged)), event="done")
     except ClientGone:
-        pass
-    except ConnectionResetError:
-        # The client left during the done event: the exchange was settled before it was sent.
         pass
     except Exception as exc:
         if sse is None:
@@ -118,7 +120,7 @@ async def _send_error(sse: EventSourceResponse, exc: Exception) -> None:
         assert isinstance(response.body, bytes)
         fields, status = msgspec.json.decode(response.body), response.status
         log.warning("stream_failed", code=fields.get("code"), status=status, cause=repr(exc.__cause__))
-    with contextlib.suppress(ConnectionResetError):
+    with contextlib.suppress(*CLIENT_GONE):
         await sse.send(_json({**fields, "status": status}), event="error")
 
 
