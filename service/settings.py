@@ -29,8 +29,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_cluster_url: str | None = None
     # `serve` processes sharing the port (SO_REUSEPORT); more than one needs a real Redis (issue 5).
     workers: Positive = 1
-    # On SIGTERM a worker stops accepting, then gives in-flight requests this long before cancelling them.
-    shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    # On SIGTERM a worker stops accepting, then gives in-flight requests this long before cancelling them
+    # (above 0: aiohttp reads 0 as "no limit").
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     # Test and demo only: each message request waits this long before it is handled (service/delay.py).
     message_delay_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
     key_prefix: str = "cl"

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from ledger import HistoryQuery, Keyspace, Ledger, TenantStore, connect
 from service.cli import main
-from service.settings import settings_from_env
+from service.settings import SettingsError, settings_from_env
 from tests.redis_servers import RedisServer, flush_all, free_ports
 from tests.scale.conftest import Process, base_env
 
@@ -133,6 +133,11 @@ class TestRefusals:
         assert settings.redis_cluster_url == "redis://10.0.0.7:7000"
         assert settings.workers == 3
         assert not settings.embedded
+
+    def test_a_zero_shutdown_timeout_is_refused(self) -> None:
+        """aiohttp reads a zero shutdown timeout as 'wait for ever': the setting must be above 0."""
+        with pytest.raises(SettingsError, match="CHATLEDGER_SHUTDOWN_TIMEOUT_S"):
+            settings_from_env({"CHATLEDGER_SHUTDOWN_TIMEOUT_S": "0"})
 
 
 class TestServeWorkers:
