@@ -99,7 +99,13 @@ async def _serve(settings: Settings, *, reuse_port: bool, parent: Connection | N
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=BACKLOG)
         await site.start()
-        log.info("worker_listening", pid=os.getpid(), url=base_url(settings))
+        # `loop` says whether uvloop is in use ("uvloop") or asyncio's own loop ("asyncio").
+        log.info(
+            "worker_listening",
+            pid=os.getpid(),
+            url=base_url(settings),
+            loop=type(loop).__module__.split(".")[0],
+        )
         if parent is None:
             print(f"======== Running on {base_url(settings)} ========", file=sys.stderr, flush=True)
         else:

@@ -8,6 +8,7 @@ known to be in flight when SIGTERM arrives, without a sleep.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import sys
@@ -165,7 +166,11 @@ class TestServeWorkers:
         is charged and saved once; the workers then exit 0 and the port is closed."""
         port = free_ports(1)[0]
         server: Process = start_serve(port, 2, **_settings(redis_server, CHATLEDGER_MESSAGE_DELAY_MS="1500"))
-        assert len(server.log.events("worker_listening")) == 2
+        listening = server.log.events("worker_listening")
+        assert len(listening) == 2
+        # uvloop when installed (the fast extra, which the Makefile installs).
+        expected_loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        assert {event["loop"] for event in listening} == {expected_loop}
         client = Client(http, port)
         chat_id = await client.create_chat()
 
