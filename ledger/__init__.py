@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from ledger.amounts import from_milli, to_milli
+from ledger.amounts import from_milli, to_milli, weight_milli
 from ledger.connection import RedisClient, connect, connect_cluster, embedded_redis
 from ledger.errors import (
     ChatDeleted,
@@ -90,4 +90,5 @@ __all__ = [
     "normalize_uuid",
     "parse_message_id",
     "to_milli",
+    "weight_milli",
 ]

@@ -10,7 +10,7 @@ import math
 from decimal import ROUND_HALF_UP, Decimal
 
 from ledger.errors import InvalidAmount
-from ledger.limits import AMOUNT_MILLI_MAX, AMOUNT_TOKENS_MAX, MILLI_PER_TOKEN
+from ledger.limits import AMOUNT_MILLI_MAX, AMOUNT_TOKENS_MAX, MILLI_PER_TOKEN, WEIGHT_MILLI_MAX
 
 _MILLI = Decimal(1) / MILLI_PER_TOKEN
 _TOO_LARGE = f"amount must be at most {AMOUNT_TOKENS_MAX} tokens"
@@ -39,3 +39,14 @@ def to_milli(tokens: float, *, positive: bool = False) -> int:
 def from_milli(milli: int) -> float:
     """The API float for milli-tokens; exact to 3 decimals because every value is below 2^53."""
     return milli / MILLI_PER_TOKEN
+
+
+def weight_milli(weight: float) -> int:
+    """A token weight as integer milli-tokens per token; InvalidAmount unless it is finite, non-negative,
+    at most 1000 and exact to 3 decimals, so every charge stays an exact integer (design.md 11)."""
+    if isinstance(weight, bool) or not math.isfinite(weight) or not 0 <= weight <= WEIGHT_MILLI_MAX / 1000:
+        raise InvalidAmount(f"a weight is a number from 0 to {WEIGHT_MILLI_MAX // 1000}")
+    milli = Decimal(repr(float(weight))) * MILLI_PER_TOKEN
+    if milli != milli.to_integral_value():
+        raise InvalidAmount("a weight has at most 3 decimals")
+    return int(milli)

@@ -12,6 +12,8 @@ from typing import ParamSpec, TypeVar
 
 import redis.exceptions
 
+from ledger.results import StoredMessage
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -141,7 +143,7 @@ class ExchangeReplayed(LedgerError):
 
     code = "idempotency_replayed"
 
-    def __init__(self, message: object) -> None:
+    def __init__(self, message: StoredMessage) -> None:
         self.message = message
         super().__init__("This exchange was completed before; its reply is answered again.")
 

@@ -80,6 +80,8 @@ def _chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:
         reserved_milli=int(fields["reserved"]),
         deleted=fields["deleted"] == "1",
         deleted_ms=int(fields["deleted_at"]),
+        expired=int(fields.get("expired", 0)),
+        clamped_milli=int(fields.get("clamped", 0)),
     )
 
 
@@ -106,6 +108,14 @@ class Ledger:
     @wrap_redis_errors
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+    @wrap_redis_errors
+    async def ready(self) -> bool:
+        """Redis answers and holds every script; a Redis restarted empty is made ready again here, since
+        loading the scripts is what a first request would do anyway."""
+        if not await self.scripts.loaded():
+            await self.scripts.load_all()
+        return True
 
     # --- chats ---------------------------------------------------------------------------------------
     @wrap_redis_errors
@@ -156,7 +166,7 @@ class Ledger:
             fields = dict(zip(reply[1::2], reply[2::2], strict=True))
             return msgspec.structs.replace(
                 original, limit_milli=int(fields["limit0"]), used_milli=0, reserved_milli=0, deleted=False,
-                deleted_ms=0,
+                deleted_ms=0, expired=0, clamped_milli=0,
             )  # fmt: skip
         if reply[0] != "ok":
             _raise_status(reply[0])
@@ -193,7 +203,7 @@ class Ledger:
         if idempotency:
             keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
             args += [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
-        reply = await self.scripts.top_up(keys=keys, args=args)
+        reply = await self.scripts.call("top_up", keys=keys, args=args)
         if reply[0] == "limit_too_large":
             raise LimitTooLarge(AMOUNT_MILLI_MAX)
         if reply[0] == "replay":
@@ -209,7 +219,7 @@ class Ledger:
     async def delete_chat(self, config_id: str, chat_id: str) -> ChatState:
         """Soft delete, then drop the chat from the config's live index (a separate slot). A crash in
         between leaves a deleted chat in the live index, which `list_chats` notices and repairs."""
-        reply = await self.scripts.delete_chat(keys=[self.keys.chat_meta(chat_id)], args=[config_id])
+        reply = await self.scripts.call("delete_chat", keys=[self.keys.chat_meta(chat_id)], args=[config_id])
         if reply[0] != "ok":
             _raise_status(reply[0])
         await self.redis.zrem(self.keys.config_live_chats(config_id), chat_id)
@@ -219,7 +229,7 @@ class Ledger:
     async def restore_chat(self, chat_id: str) -> ChatState:
         """Undo a soft delete of any config's chat (the admin surface), and list it again. The live index
         entry gets the chat's original score from the all-chats index, so it lists where it was."""
-        reply = await self.scripts.restore_chat(keys=[self.keys.chat_meta(chat_id)])
+        reply = await self.scripts.call("restore_chat", keys=[self.keys.chat_meta(chat_id)])
         if reply[0] == "not_deleted":
             raise ChatNotDeleted()
         if reply[0] != "ok":
@@ -300,7 +310,8 @@ class Ledger:
         if idempotency:
             keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
             extra = [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
-        reply = await self.scripts.reserve(
+        reply = await self.scripts.call(
+            "reserve",
             keys=keys,
             args=[
                 config.config_id,
@@ -336,6 +347,7 @@ class Ledger:
             completion_tokens_max=int(reply[3]),
             context=context,
             idempotency=idempotency,
+            reclaimed=int(reply[4]),
         )
 
     @wrap_redis_errors
@@ -360,7 +372,8 @@ class Ledger:
         if reservation.idempotency:
             keys.append(self.keys.chat_idempotency(chat_id, reservation.idempotency.digest))
             extra = [reservation.idempotency.fingerprint, self.limits.idempotency_ttl_ms]
-        reply = await self.scripts.settle(
+        reply = await self.scripts.call(
+            "settle",
             keys=keys,
             args=[
                 reservation.reservation_id,
@@ -401,7 +414,8 @@ class Ledger:
     @wrap_redis_errors
     async def void(self, reservation: Reservation) -> int:
         """Release a hold without charging; returns the milli-tokens released."""
-        reply = await self.scripts.void(
+        reply = await self.scripts.call(
+            "void",
             keys=self.keys.chat_keys(reservation.chat_id),
             args=[reservation.reservation_id, self.limits.reservation_retention_ms],
         )
@@ -414,7 +428,8 @@ class Ledger:
     async def read_history(self, config_id: str | None, chat_id: str, query: HistoryQuery) -> HistoryPage:
         """A page of history. `config_id=None` is the admin surface: any config's chat, deleted or not."""
         mode, position = query.script_args()
-        reply = await self.scripts.history(
+        reply = await self.scripts.call(
+            "history",
             keys=[self.keys.chat_meta(chat_id), self.keys.chat_messages(chat_id)],
             args=[config_id or "", mode, position, query.limit],
         )

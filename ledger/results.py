@@ -49,6 +49,9 @@ class ChatState(msgspec.Struct, kw_only=True, frozen=True):
     reserved_milli: int
     deleted: bool
     deleted_ms: int
+    # Holds of dead workers reclaimed, and milli-tokens exchanges cost beyond what the chat could pay.
+    expired: int = 0
+    clamped_milli: int = 0
 
 
 class ChatPage(msgspec.Struct, kw_only=True, frozen=True):
@@ -88,6 +91,8 @@ class Reservation(msgspec.Struct, kw_only=True, frozen=True):
     context: list[StoredMessage]
     # The request's Idempotency-Key: the settle marks its record done.
     idempotency: IdempotencyKey | None = None
+    # Holds of dead workers this reserve reclaimed on the chat (past their deadline).
+    reclaimed: int = 0
 
 
 class Settlement(msgspec.Struct, kw_only=True, frozen=True):

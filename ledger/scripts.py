@@ -7,7 +7,10 @@ is prepended to each script here; the SHA is of the whole text.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from importlib.resources import files
+from typing import Any
 
 from redis.commands.core import AsyncScript
 
@@ -44,8 +47,10 @@ class Scripts:
     """The registered scripts of one client. `AsyncScript.__call__` already does EVALSHA, and on
     NOSCRIPT (a Redis restart or failover) SCRIPT LOAD and EVALSHA again."""
 
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, observe: Callable[[str, float], None] | None = None) -> None:
         self._redis = redis
+        # Called with (script name, seconds) after each `call`; ledger/ knows nothing of metrics.
+        self.observe = observe
         self.create_chat: AsyncScript = redis.register_script(_SOURCES["create_chat"])
         self.reserve: AsyncScript = redis.register_script(_SOURCES["reserve"])
         self.settle: AsyncScript = redis.register_script(_SOURCES["settle"])
@@ -55,6 +60,23 @@ class Scripts:
         self.restore_chat: AsyncScript = redis.register_script(_SOURCES["restore_chat"])
         self.history: AsyncScript = redis.register_script(_SOURCES["history"])
         self.rate_limit: AsyncScript = redis.register_script(_SOURCES["rate_limit"])
+
+    async def call(self, name: str, *, keys: Sequence[str], args: Sequence[str | int | float] = ()) -> Any:
+        """Run script `name` and report its latency to `observe` (the service's metrics), if set.
+
+        The reply is whatever the script returns: nested lists of str and int, decoded by the caller."""
+        script: AsyncScript = getattr(self, name)
+        started = time.perf_counter()
+        try:
+            return await script(keys=list(keys), args=list(args))
+        finally:
+            if self.observe is not None:
+                self.observe(name, time.perf_counter() - started)
+
+    async def loaded(self) -> bool:
+        """Whether Redis holds every script (a restarted Redis has none until the next call loads it)."""
+        shas = [getattr(self, name).sha for name in SCRIPT_NAMES]
+        return all(await self._redis.script_exists(*shas))
 
     async def load_all(self) -> None:
         """SCRIPT LOAD every script, so a Lua error fails the boot rather than the first request."""

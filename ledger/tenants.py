@@ -148,8 +148,8 @@ class TenantStore:
         """Count one request of the key with this digest; None when allowed, else the seconds to wait.
         Atomic in Redis (one GCRA script on the key's own slot), so the limit holds across workers."""
         interval_us = max(1, round(1_000_000 / per_s))
-        allowed, retry_after_ms = await self.scripts.rate_limit(
-            keys=[self.keys.api_key_rate(digest)], args=[interval_us, max(1, burst)]
+        allowed, retry_after_ms = await self.scripts.call(
+            "rate_limit", keys=[self.keys.api_key_rate(digest)], args=[interval_us, max(1, burst)]
         )
         return None if allowed else int(retry_after_ms) / 1000
 

@@ -7,6 +7,7 @@ from aiohttp import web
 from ledger import Ledger, RedisClient, TenantStore
 from service.auth import Authenticator
 from service.exchange import Exchange
+from service.metrics import Metrics
 from service.providers import Provider
 from service.settings import Settings
 
@@ -18,5 +19,6 @@ TENANTS = web.AppKey("tenants", TenantStore)
 AUTH = web.AppKey("auth", Authenticator)
 PROVIDER = web.AppKey("provider", Provider)
 EXCHANGE = web.AppKey("exchange", Exchange)
+METRICS = web.AppKey("metrics", Metrics)
 
 REQUEST_ID = web.RequestKey("request_id", str)

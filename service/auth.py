@@ -39,7 +39,8 @@ class Authenticator:
         )
 
     async def tenant(self, request: web.Request) -> Tenant:
-        """The caller's tenant; 401 for a missing or unknown key, 404 when its config is gone."""
+        """The caller's tenant; 401 for a missing or unknown key, 404 when its config is gone, 429 when
+        the key is over its config's rate (a third round trip, only for configs with a limit)."""
         api_key = request.headers.get(API_KEY_HEADER, "").strip()
         if not api_key:
             raise ApiError(401, "missing_api_key", f"The {API_KEY_HEADER} header is required.")
@@ -50,6 +51,13 @@ class Authenticator:
             if self._cache is not None:
                 self._cache[digest] = tenant
         structlog.contextvars.bind_contextvars(config_id=tenant.config_id)
+        config = tenant.config
+        if config.rate_limit_per_s > 0:
+            wait_s = await self._tenants.rate_limit(digest, config.rate_limit_per_s, config.rate_limit_burst)
+            if wait_s is not None:
+                raise ApiError(
+                    429, "rate_limited", "Too many requests for this API key.", retry_after_s=wait_s
+                )
         return tenant
 
     async def _load(self, api_key: str) -> Tenant:

@@ -135,12 +135,7 @@ async def _with_store(settings: Settings, run: Callable[[ledger.TenantStore], Aw
 
 
 def _weight_milli(weight: float | None) -> int | None:
-    if weight is None:
-        return None
-    milli = round(weight * 1000)
-    if weight < 0 or abs(milli - weight * 1000) > 1e-6:
-        raise ledger.InvalidAmount("weights are non-negative with at most 3 decimals")
-    return milli
+    return None if weight is None else ledger.weight_milli(weight)
 
 
 async def _config_create(tenants: ledger.TenantStore, args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ handlers (api.md Part B 3, design.md section 10).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,11 +20,14 @@ from service.providers import ProviderError, ProviderTimeout
 class ApiError(Exception):
     """An error answer decided in service/: status, code, sentence, and fields that help."""
 
-    def __init__(self, status: int, code: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, *, retry_after_s: float | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.retry_after_s = retry_after_s
         self.extra = extra
 
 
@@ -47,6 +51,9 @@ ERROR_TABLE: dict[type[Exception], tuple[int, Callable[[Exception], dict[str, An
     ledger.ChatNotFound: (404, _no_extra),
     ledger.ChatDeleted: (404, _no_extra),
     ledger.ConfigNotFound: (404, _no_extra),
+    ledger.DuplicateInFlight: (409, _no_extra),
+    ledger.ChatNotDeleted: (409, _no_extra),
+    ledger.IdempotencyKeyReused: (422, _no_extra),
     ledger.InvalidAmount: (422, _no_extra),
     ledger.LimitTooLarge: (422, _no_extra),
     # The model outlived the hold's deadline; its tokens were released, nothing was saved.
@@ -56,8 +63,9 @@ ERROR_TABLE: dict[type[Exception], tuple[int, Callable[[Exception], dict[str, An
     ProviderError: (502, _no_extra),
 }
 
-# Seconds a client should wait before retrying a 503 (the store) or a 502/504 (the model).
-RETRY_AFTER_S = {502: 1, 503: 1, 504: 1}
+# Seconds a client should wait before retrying: a duplicate in flight (409), the store (503), the
+# model (502/504).
+RETRY_AFTER_S = {409: 1, 502: 1, 503: 1, 504: 1}
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -72,11 +80,16 @@ def error_body(code: str, detail: str, **extra: Any) -> bytes:
     return msgspec.json.encode({"detail": detail, "code": code, **extra})
 
 
-def error_response(status: int, code: str, detail: str, **extra: Any) -> web.Response:
+def error_response(
+    status: int, code: str, detail: str, *, retry_after_s: float | None = None, **extra: Any
+) -> web.Response:
     response = web.Response(
         status=status, body=error_body(code, detail, **extra), content_type="application/json"
     )
-    if status in RETRY_AFTER_S:
+    if retry_after_s is not None:
+        # Whole seconds, rounded up: Retry-After has no fractions, and early retries would be refused.
+        response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    elif status in RETRY_AFTER_S:
         response.headers["Retry-After"] = str(RETRY_AFTER_S[status])
     return response
 
@@ -84,7 +97,7 @@ def error_response(status: int, code: str, detail: str, **extra: Any) -> web.Res
 def response_for(exc: Exception) -> web.Response | None:
     """The JSON error for a known exception, or None when it is unexpected (a 500)."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.detail, **exc.extra)
+        return error_response(exc.status, exc.code, exc.detail, retry_after_s=exc.retry_after_s, **exc.extra)
     if isinstance(exc, web.HTTPException):
         code = _HTTP_CODES.get(exc.status, "http_error")
         detail = "Request body is too large." if exc.status == 413 else exc.reason + "."

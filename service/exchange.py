@@ -15,19 +15,23 @@ from the handler's cancellation, so a client that goes away cannot make spend di
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
-from contextlib import aclosing
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import aclosing, contextmanager
 from typing import Any, TypeVar
 
 import msgspec
 import structlog
 
 import ledger
+from service.metrics import Metrics
 from service.providers import (
     ChatTurn,
     Completion,
     CompletionRequest,
     Provider,
+    ProviderError,
+    ProviderTimeout,
     ReplyStream,
     open_stream,
 )
@@ -58,16 +62,29 @@ class ClientGone(Exception):
 
 
 class Exchange:
-    def __init__(self, ledger_: ledger.Ledger, provider: Provider, settings: Settings) -> None:
+    def __init__(
+        self, ledger_: ledger.Ledger, provider: Provider, settings: Settings, metrics: Metrics | None = None
+    ) -> None:
         self._ledger = ledger_
         self._provider = provider
         self._settings = settings
+        self._metrics = metrics or Metrics()
 
-    async def send(self, config: ledger.ConfigRecord, chat_id: str, content: str) -> ledger.Settlement:
-        """Save `content` and the model's reply to the chat and charge the exchange, or raise."""
-        reservation = await self._reserve(config, chat_id, content)
+    async def send(
+        self,
+        config: ledger.ConfigRecord,
+        chat_id: str,
+        content: str,
+        idempotency: ledger.IdempotencyKey | None = None,
+    ) -> ledger.Settlement:
+        """Save `content` and the model's reply to the chat and charge the exchange, or raise.
+
+        With an Idempotency-Key whose exchange completed before, raises ledger.ExchangeReplayed with the
+        saved reply: no model call and no charge (design.md section 5)."""
+        reservation = await self._reserve(config, chat_id, content, idempotency)
         try:
-            completion = await self._provider.complete(self._request(config, reservation, content))
+            with self._upstream_timer():
+                completion = await self._provider.complete(self._request(config, reservation, content))
         except BaseException:
             # Shielded: a cancelled request must still give its hold back.
             await _shielded(self._void(reservation))
@@ -75,7 +92,12 @@ class Exchange:
         return await _shielded(self._settle(config, reservation, content, completion))
 
     async def stream(
-        self, config: ledger.ConfigRecord, chat_id: str, content: str, on_delta: DeltaSink
+        self,
+        config: ledger.ConfigRecord,
+        chat_id: str,
+        content: str,
+        on_delta: DeltaSink,
+        idempotency: ledger.IdempotencyKey | None = None,
     ) -> Exchanged:
         """Like `send`, handing each delta of the reply to `on_delta` as it arrives.
 
@@ -84,14 +106,16 @@ class Exchange:
         answer with a plain error or end its stream with one. A client that left (`on_delta` raised,
         or the task was cancelled) gets the partial reply settled, then ClientGone (or the
         CancelledError) is raised."""
-        reservation = await self._reserve(config, chat_id, content)
+        reservation = await self._reserve(config, chat_id, content, idempotency)
         try:
-            reply = await open_stream(self._provider, self._request(config, reservation, content))
+            with self._upstream_timer():
+                reply = await open_stream(self._provider, self._request(config, reservation, content))
         except BaseException:
             await _shielded(self._void(reservation))
             raise
         try:
-            await _relay(reply, on_delta)
+            with self._upstream_timer():
+                await _relay(reply, on_delta)
         except asyncio.CancelledError:
             # The handler was cancelled: aiohttp does that when the client disconnects.
             await self._abandon(config, reservation, content, reply)
@@ -131,16 +155,31 @@ class Exchange:
         )
 
     # --- the ledger calls: one call site each ---------------------------------------------------------
-    async def _reserve(self, config: ledger.ConfigRecord, chat_id: str, content: str) -> ledger.Reservation:
+    async def _reserve(
+        self,
+        config: ledger.ConfigRecord,
+        chat_id: str,
+        content: str,
+        idempotency: ledger.IdempotencyKey | None,
+    ) -> ledger.Reservation:
         count = self._provider.count_tokens
-        return await self._ledger.reserve(
-            config,
-            chat_id,
-            prompt_tokens=count(config.system_prompt) + count(content),
-            completion_tokens_max=config.max_output_tokens or self._settings.max_output_tokens,
-            history_tokens_max=self._settings.history_tokens,
-            history_count_max=self._settings.history_messages,
-        )
+        try:
+            reservation = await self._ledger.reserve(
+                config,
+                chat_id,
+                prompt_tokens=count(config.system_prompt) + count(content),
+                completion_tokens_max=config.max_output_tokens or self._settings.max_output_tokens,
+                history_tokens_max=self._settings.history_tokens,
+                history_count_max=self._settings.history_messages,
+                idempotency=idempotency,
+            )
+        except ledger.InsufficientTokens:
+            self._metrics.insufficient.inc()
+            raise
+        self._metrics.reserved(reservation)
+        if reservation.reclaimed:
+            self._metrics.reservations_expired.inc(reservation.reclaimed)
+        return reservation
 
     async def _settle(
         self,
@@ -149,7 +188,7 @@ class Exchange:
         content: str,
         completion: Completion,
     ) -> ledger.Settlement:
-        return await self._ledger.settle(
+        settlement = await self._ledger.settle(
             reservation,
             charge_milli=charge_milli(config, completion),
             user_content=content,
@@ -158,6 +197,8 @@ class Exchange:
             reply_tokens=completion.completion_tokens,
             flags=("t" if completion.truncated else "") + ("e" if completion.estimated else ""),
         )
+        self._metrics.settled(reservation, settlement)
+        return settlement
 
     async def _settle_partial(
         self,
@@ -184,10 +225,25 @@ class Exchange:
 
     async def _void(self, reservation: ledger.Reservation) -> None:
         try:
-            await self._ledger.void(reservation)
+            self._metrics.voided(await self._ledger.void(reservation))
         except ledger.LedgerError as exc:
             # The hold stays until its deadline, when the next reserve reclaims it: nothing is lost.
             log.warning("void_failed", chat_id=reservation.chat_id, code=exc.code)
+
+    @contextmanager
+    def _upstream_timer(self) -> Iterator[None]:
+        """Time a model call for the metrics, and count its failures by kind."""
+        started = time.perf_counter()
+        try:
+            yield
+        except ProviderTimeout:
+            self._metrics.upstream_errors.labels(self._provider.name, "timeout").inc()
+            raise
+        except ProviderError:
+            self._metrics.upstream_errors.labels(self._provider.name, "error").inc()
+            raise
+        finally:
+            self._metrics.upstream_latency.labels(self._provider.name).observe(time.perf_counter() - started)
 
 
 def charge_milli(config: ledger.ConfigRecord, completion: Completion) -> int:

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 
 import ledger
-from service.appkeys import AUTH, EXCHANGE, LEDGER, PROVIDER, REDIS, SETTINGS, TENANTS
+from service.appkeys import AUTH, EXCHANGE, LEDGER, METRICS, PROVIDER, REDIS, SETTINGS, TENANTS
 from service.auth import Authenticator
 from service.demo import ensure_demo_config
 from service.exchange import Exchange
@@ -56,6 +56,7 @@ async def ledger_and_tenants(app: web.Application) -> AsyncIterator[None]:
     keys = ledger.Keyspace(settings.key_prefix)
     app[LEDGER] = ledger.Ledger(app[REDIS], keys, settings.ledger_limits())
     app[TENANTS] = ledger.TenantStore(app[REDIS], keys)
+    app[LEDGER].scripts.observe = app[TENANTS].scripts.observe = app[METRICS].observe_script
     app[AUTH] = Authenticator(app[TENANTS], settings.auth_cache_ttl_s)
     # Loads every script now: a broken script or an unreachable Redis fails the boot, not a request.
     await app[LEDGER].start()
@@ -85,7 +86,7 @@ async def model_provider(app: web.Application) -> AsyncIterator[None]:
                 note="CHATLEDGER_OPENAI_TOTAL_TIMEOUT_S should stay below CHATLEDGER_RESERVATION_TTL_S, "
                 "or a slow reply outlives its hold and is not saved.",
             )
-    app[EXCHANGE] = Exchange(app[LEDGER], provider, app[SETTINGS])
+    app[EXCHANGE] = Exchange(app[LEDGER], provider, app[SETTINGS], app[METRICS])
     try:
         yield
     finally:

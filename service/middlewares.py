@@ -1,4 +1,5 @@
-"""The two middlewares: request context (id, one log event) outside, error rendering inside."""
+"""Middlewares (request context outside, CORS preflight, error rendering inside) and the response hook
+that stamps every response, streamed ones included, with its request id and CORS headers."""
 
 from __future__ import annotations
 
@@ -10,21 +11,32 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service.appkeys import REQUEST_ID
+from service.appkeys import METRICS, REQUEST_ID, SETTINGS
 from service.errors import error_response, response_for
 
 log = structlog.get_logger("chatledger.http")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is kept (so a gateway's id threads through our logs) only if it is short and plain.
-_INCOMING_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_INCOMING_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# What a browser front end may send and read (api.md: X-API-Key; Part C: Idempotency-Key, SSE).
+_CORS_REQUEST_HEADERS = "Content-Type, X-API-Key, Idempotency-Key, Accept, X-Request-ID"
+_CORS_EXPOSED_HEADERS = "X-Request-ID, Retry-After"
+_CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+_CORS_MAX_AGE_S = "600"
+
+
+def _route_label(request: web.Request) -> str:
+    """The route template (bounded label values for metrics), not the path with its ids."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id, echo it in `X-Request-ID`, and log one `request` event at its end."""
+    """Give the request an id and log one `request` event (and its metrics) at its end."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _INCOMING_ID_RE.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _INCOMING_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -33,17 +45,58 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
         status = response.status
-        if not response.prepared:
-            response.headers[REQUEST_ID_HEADER] = request_id
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        route = _route_label(request)
+        metrics = request.app[METRICS]
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.latency.labels(request.method, route).observe(elapsed)
         log.info(
             "request",
             method=request.method,
             path=request.path,
             status=status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(elapsed * 1000, 2),
         )
+
+
+def _allowed_origin(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    allowed = request.app[SETTINGS].cors_origin_list
+    if origin is None or not allowed:
+        return None
+    return origin if "*" in allowed or origin in allowed else None
+
+
+@web.middleware
+async def cors_preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer a browser's CORS preflight for an allowed origin before auth and routing see it."""
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        origin = _allowed_origin(request)
+        if origin is not None:
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Origin": origin,
+                    "Access-Control-Allow-Methods": _CORS_METHODS,
+                    "Access-Control-Allow-Headers": _CORS_REQUEST_HEADERS,
+                    "Access-Control-Max-Age": _CORS_MAX_AGE_S,
+                    "Vary": "Origin",
+                },
+            )
+    return await handler(request)
+
+
+async def stamp_response(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: runs just before headers go out, for every response, streamed or not."""
+    if REQUEST_ID in request:
+        response.headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
+    origin = _allowed_origin(request)
+    if origin is not None and "Access-Control-Allow-Origin" not in response.headers:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSED_HEADERS
+        response.headers["Vary"] = "Origin"
 
 
 @web.middleware

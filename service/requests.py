@@ -7,6 +7,7 @@ only a failed decode pays for the second, untyped look that tells a 400 from a 4
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 import msgspec
@@ -14,6 +15,7 @@ from aiohttp import web
 
 import ledger
 from service.errors import ApiError
+from service.schemas import HistoryPageQuery
 
 T = TypeVar("T")
 
@@ -76,3 +78,39 @@ def amount_milli(tokens: float, *, positive: bool, field: str) -> int:
         return ledger.to_milli(tokens, positive=positive)
     except ledger.InvalidAmount as exc:
         raise ApiError(422, "invalid_amount", f"{field}: {exc}") from exc
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+# Printable ASCII, 1..255 characters: what clients generate (UUIDs, ULIDs, hashes), and safe to echo.
+_IDEMPOTENCY_KEY_RE = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def idempotency_key(request: web.Request, operation: str, *parts: str) -> ledger.IdempotencyKey | None:
+    """The request's Idempotency-Key (design.md section 5), fingerprinted by what the request means
+    (the decoded body), so `1000` and `1000.0` are the same request; None without the header."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters.",
+        )
+    return ledger.IdempotencyKey.of(key, operation, *parts)
+
+
+def history_query(query: HistoryPageQuery) -> ledger.HistoryQuery:
+    """Offset pagination (api.md Part A) or one cursor (Part C), never a mix."""
+    cursors = [c for c in (query.after, query.before) if c is not None]
+    if len(cursors) > 1 or (cursors and query.offset):
+        raise ApiError(422, "validation_error", "Use one of offset, after or before.")
+    parsed = [ledger.parse_message_id(c) for c in cursors]
+    if None in parsed:
+        raise ApiError(422, "validation_error", "after/before must be a message id.")
+    return ledger.HistoryQuery(
+        limit=query.limit,
+        offset=query.offset,
+        after=parsed[0] if query.after is not None else None,
+        before=parsed[0] if query.before is not None else None,
+    )

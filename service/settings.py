@@ -66,8 +66,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reservation_ttl_s: Positive = 120
     # How long a worker trusts a resolved API key: the bound on how late a revocation takes effect.
     auth_cache_ttl_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    # The admin API's bearer token (/admin/...); unset, the admin API is off and answers 404.
+    admin_token: str | None = None
+    # Origins allowed to call the API from a browser (CORS), comma-separated; '*' allows any.
+    cors_origins: str = ""
     # The demo config's key in embedded mode; unset, a random one is made and logged at start.
     demo_api_key: str | None = None
+
+    @property
+    def cors_origin_list(self) -> frozenset[str]:
+        return frozenset(origin.strip() for origin in self.cors_origins.split(",") if origin.strip())
 
     @property
     def embedded(self) -> bool:

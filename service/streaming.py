@@ -60,7 +60,11 @@ def wants_stream(request: web.Request, stream_field: bool) -> bool:
 
 
 async def stream_reply(
-    request: web.Request, config: ledger.ConfigRecord, chat_id: str, content: str
+    request: web.Request,
+    config: ledger.ConfigRecord,
+    chat_id: str,
+    content: str,
+    idempotency: ledger.IdempotencyKey | None = None,
 ) -> web.StreamResponse:
     """Run the exchange, relaying its deltas; see the module docstring for the events."""
     sse: EventSourceResponse | None = None
@@ -72,7 +76,7 @@ async def stream_reply(
         await sse.send(_json({"content": text}), event="delta")
 
     try:
-        exchanged = await request.app[EXCHANGE].stream(config, chat_id, content, send_delta)
+        exchanged = await request.app[EXCHANGE].stream(config, chat_id, content, send_delta, idempotency)
         if sse is None:  # every reply has a delta (an empty one is an error); kept for safety
             sse = await _start(request)
         # The exchange is settled: a client leaving during this last event changes nothing.

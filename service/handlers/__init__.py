@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.handlers import chats, config, health, messages, tokens
+from service.handlers import admin, chats, config, health, messages, operations, tokens
 
 
 def all_routes() -> list[web.RouteTableDef]:
     # messages before chats: `/chats/messages/` is literal, `/chats/{chat_id}` is not.
-    return [health.routes, config.routes, messages.routes, tokens.routes, chats.routes]
+    return [
+        health.routes, operations.routes, config.routes, messages.routes, tokens.routes, chats.routes,
+        admin.routes,
+    ]  # fmt: skip

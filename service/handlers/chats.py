@@ -6,22 +6,35 @@ from aiohttp import web
 
 from service.appkeys import LEDGER
 from service.handlers.common import json_response, tenant_of
-from service.requests import amount_milli, decode_body, decode_query, path_chat_id
-from service.schemas import CREATE_CHAT_DECODER, ChatListQuery, ChatOut, Page, chat_out
+from service.openapi import Doc, documented
+from service.requests import amount_milli, decode_body, decode_query, idempotency_key, path_chat_id
+from service.schemas import CREATE_CHAT_DECODER, ChatListQuery, ChatOut, CreateChatRequest, Page, chat_out
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/chats/")
+@documented(
+    Doc(summary="Create a chat with a token budget.", body=CreateChatRequest, response=ChatOut, errors=(404,))
+)
 async def create_chat(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     body = decode_body(await request.read(), CREATE_CHAT_DECODER)
     limit_milli = amount_milli(body.token_limit, positive=False, field="token_limit")
-    chat = await request.app[LEDGER].create_chat(tenant.config, limit_milli)
+    idempotency = idempotency_key(request, "create_chat", str(limit_milli))
+    chat = await request.app[LEDGER].create_chat(tenant.config, limit_milli, idempotency=idempotency)
     return json_response(chat_out(chat))
 
 
 @routes.get("/chats/by-config-id")
+@documented(
+    Doc(
+        summary="Page the caller's chats, oldest first.",
+        query=ChatListQuery,
+        response=Page[ChatOut],
+        errors=(404,),
+    )
+)
 async def list_chats(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     query = decode_query(request, ChatListQuery)
@@ -33,6 +46,7 @@ async def list_chats(request: web.Request) -> web.Response:
 
 
 @routes.get("/chats/{chat_id}")
+@documented(Doc(summary="Read a chat.", response=ChatOut, errors=(404,)))
 async def get_chat(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     chat = await request.app[LEDGER].get_chat(tenant.config_id, path_chat_id(request))
@@ -40,6 +54,7 @@ async def get_chat(request: web.Request) -> web.Response:
 
 
 @routes.delete("/chats/{chat_id}")
+@documented(Doc(summary="Soft-delete a chat.", response=ChatOut, errors=(404,)))
 async def delete_chat(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     chat = await request.app[LEDGER].delete_chat(tenant.config_id, path_chat_id(request))

@@ -210,6 +210,7 @@ class TestUnprocessable:
             {"limit": "101"},
             {"limit": "abc"},
             {"offset": "-1"},
+            {"offset": "2437158561371759468491256627200"},
             {"offset": "x"},
             {"limit": ""},
         ],

@@ -81,14 +81,16 @@ class TestExchangeIdempotency:
         """A dead worker's hold expires; then the key's record is stale and a retry proceeds."""
         short = Ledger(redis_client, keyspace, LedgerLimits(reservation_ttl_ms=30))
         await short.start()
+        # The retry's own hold has the default deadline: under load it must not expire in this test.
+        long = Ledger(redis_client, keyspace)
         chat = await short.create_chat(config, 100_000)
         dead = await reserve(short, config, chat.chat_id, idempotency=key())
         await asyncio.sleep(0.08)
-        retry = await reserve(short, config, chat.chat_id, idempotency=key())
+        retry = await reserve(long, config, chat.chat_id, idempotency=key())
         assert await meta_field(redis_client, keyspace, chat.chat_id, "expired") == 1
         with pytest.raises(ReservationExpired):
-            await settle(short, dead, charge_milli=1_000)
-        assert (await ledger_state(short, config, chat.chat_id)) == (0, retry.granted_milli)
+            await settle(long, dead, charge_milli=1_000)
+        assert (await ledger_state(long, config, chat.chat_id)) == (0, retry.granted_milli)
 
     async def test_same_key_other_request_is_refused(self, ledger: Ledger, config: ConfigRecord) -> None:
         """The key of one message sent with another body is IdempotencyKeyReused, open or completed."""

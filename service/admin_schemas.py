@@ -1,0 +1,231 @@
+"""The admin API's types (issue 7): configs with every field, keys, chats with their ledger figures.
+
+Weights are floats here as in the CLI (1.0 = one token per token) and milli-precision integers in the
+ledger; `ledger.weight_milli` converts and refuses more than 3 decimals.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+import ledger
+from service.schemas import ChatOut, iso_utc
+
+Short = Annotated[str, msgspec.Meta(max_length=256)]
+Text = Annotated[str, msgspec.Meta(max_length=16_000)]
+Url = Annotated[str, msgspec.Meta(max_length=2048)]
+Weight = Annotated[float, msgspec.Meta(ge=0, le=1000)]
+RatePerS = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
+Burst = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+OutputTokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+UnsetStr = Short | msgspec.UnsetType
+
+
+class ConfigFields(msgspec.Struct, kw_only=True):
+    """Every field an operator may set; on PATCH, only the fields present are changed."""
+
+    primary_color: UnsetStr = msgspec.UNSET
+    header_text: UnsetStr = msgspec.UNSET
+    logo_url: Url | msgspec.UnsetType = msgspec.UNSET
+    welcome_message: Text | msgspec.UnsetType = msgspec.UNSET
+    chat_first_page_description: Text | msgspec.UnsetType = msgspec.UNSET
+    is_full_width: bool | msgspec.UnsetType = msgspec.UNSET
+    start_page_title: UnsetStr = msgspec.UNSET
+    start_page_slogan: UnsetStr = msgspec.UNSET
+    system_prompt: Text | msgspec.UnsetType = msgspec.UNSET
+    model: UnsetStr = msgspec.UNSET
+    max_output_tokens: OutputTokens | msgspec.UnsetType = msgspec.UNSET
+    temperature: Temperature | msgspec.UnsetType | None = msgspec.UNSET
+    prompt_token_weight: Weight | msgspec.UnsetType = msgspec.UNSET
+    completion_token_weight: Weight | msgspec.UnsetType = msgspec.UNSET
+    rate_limit_per_s: RatePerS | msgspec.UnsetType = msgspec.UNSET
+    rate_limit_burst: Burst | msgspec.UnsetType = msgspec.UNSET
+
+    def record_fields(self) -> dict[str, Any]:
+        """The fields present, as ConfigRecord keyword arguments (weights in milli-tokens)."""
+        present = {k: v for k, v in msgspec.structs.asdict(self).items() if v is not msgspec.UNSET}
+        for api_name, record_name in (
+            ("prompt_token_weight", "prompt_weight_milli"),
+            ("completion_token_weight", "completion_weight_milli"),
+        ):
+            if api_name in present:
+                present[record_name] = ledger.weight_milli(present.pop(api_name))
+        return present
+
+
+class ConfigCreate(ConfigFields, kw_only=True):
+    agent_name: Short
+    company_name: Short
+
+
+class ConfigPatch(ConfigFields, kw_only=True):
+    agent_name: UnsetStr = msgspec.UNSET
+    company_name: UnsetStr = msgspec.UNSET
+
+
+class AdminConfig(msgspec.Struct, kw_only=True):
+    config_id: str
+    agent_name: str
+    company_name: str
+    primary_color: str
+    header_text: str
+    logo_url: str
+    welcome_message: str
+    chat_first_page_description: str
+    is_full_width: bool
+    start_page_title: str
+    start_page_slogan: str
+    system_prompt: str
+    model: str
+    max_output_tokens: int
+    temperature: float | None
+    prompt_token_weight: float
+    completion_token_weight: float
+    rate_limit_per_s: float
+    rate_limit_burst: int
+    created_at: str
+    updated_at: str
+
+
+class AdminConfigList(msgspec.Struct):
+    items: list[AdminConfig]
+
+
+class IssuedKeyOut(msgspec.Struct, kw_only=True):
+    """The only answer that carries a key in the clear: store it now, it is not shown again."""
+
+    key_id: str
+    api_key: str
+    config_id: str
+    created_at: str
+
+
+class KeyOut(msgspec.Struct, kw_only=True):
+    key_id: str
+    prefix: str
+    created_at: str
+
+
+class KeyList(msgspec.Struct):
+    items: list[KeyOut]
+
+
+class AdminChat(ChatOut, kw_only=True):
+    config_id: str
+    token_reserved: float
+    deleted_at: str | None
+    reservations_expired: int
+    tokens_clamped: float
+
+
+class JournalEntryOut(msgspec.Struct, kw_only=True):
+    id: str
+    op: str
+    reservation_id: str
+    used_delta: float
+    reserved_delta: float
+    limit_delta: float
+    shortfall: float
+    timestamp: str
+
+
+class JournalQuery(msgspec.Struct, frozen=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 100
+    after: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,16}-[0-9]{1,10}$")] | None = None
+
+
+class JournalPage(msgspec.Struct):
+    items: list[JournalEntryOut]
+
+
+class ReconciliationOut(msgspec.Struct, kw_only=True):
+    """The journal's sums against the chat's counters; `ok` when they agree to the milli-token."""
+
+    ok: bool
+    entries: int
+    token_used: float
+    token_reserved: float
+    token_limit: float
+    journal_used: float
+    journal_reserved: float
+    journal_limit: float
+    reservations_expired: int
+    tokens_clamped: float
+
+
+class Done(msgspec.Struct):
+    done: bool
+
+
+def admin_config(config: ledger.ConfigRecord) -> AdminConfig:
+    return AdminConfig(
+        config_id=config.config_id,
+        agent_name=config.agent_name,
+        company_name=config.company_name,
+        primary_color=config.primary_color,
+        header_text=config.header_text,
+        logo_url=config.logo_url,
+        welcome_message=config.welcome_message,
+        chat_first_page_description=config.chat_first_page_description,
+        is_full_width=config.is_full_width,
+        start_page_title=config.start_page_title,
+        start_page_slogan=config.start_page_slogan,
+        system_prompt=config.system_prompt,
+        model=config.model,
+        max_output_tokens=config.max_output_tokens,
+        temperature=config.temperature,
+        prompt_token_weight=config.prompt_weight_milli / 1000,
+        completion_token_weight=config.completion_weight_milli / 1000,
+        rate_limit_per_s=config.rate_limit_per_s,
+        rate_limit_burst=config.rate_limit_burst,
+        created_at=iso_utc(config.created_ms),
+        updated_at=iso_utc(config.updated_ms),
+    )
+
+
+def admin_chat(chat: ledger.ChatState) -> AdminChat:
+    return AdminChat(
+        chat_id=chat.chat_id,
+        created_at=iso_utc(chat.created_ms),
+        agent_name=chat.agent_name,
+        creator_company_name=chat.company_name,
+        token_limit=ledger.from_milli(chat.limit_milli),
+        token_used=ledger.from_milli(chat.used_milli),
+        deleted=chat.deleted,
+        config_id=chat.config_id,
+        token_reserved=ledger.from_milli(chat.reserved_milli),
+        deleted_at=iso_utc(chat.deleted_ms) if chat.deleted else None,
+        reservations_expired=chat.expired,
+        tokens_clamped=ledger.from_milli(chat.clamped_milli),
+    )
+
+
+def journal_entry(entry: ledger.JournalEntry) -> JournalEntryOut:
+    return JournalEntryOut(
+        id=entry.entry_id,
+        op=entry.op,
+        reservation_id=entry.reservation_id,
+        used_delta=ledger.from_milli(entry.used_delta_milli),
+        reserved_delta=ledger.from_milli(entry.reserved_delta_milli),
+        limit_delta=ledger.from_milli(entry.limit_delta_milli),
+        shortfall=ledger.from_milli(entry.shortfall_milli),
+        timestamp=iso_utc(entry.timestamp_ms),
+    )
+
+
+def reconciliation(result: ledger.Reconciliation) -> ReconciliationOut:
+    return ReconciliationOut(
+        ok=result.ok,
+        entries=result.entries,
+        token_used=ledger.from_milli(result.chat.used_milli),
+        token_reserved=ledger.from_milli(result.chat.reserved_milli),
+        token_limit=ledger.from_milli(result.chat.limit_milli),
+        journal_used=ledger.from_milli(result.used_sum_milli),
+        journal_reserved=ledger.from_milli(result.reserved_sum_milli),
+        journal_limit=ledger.from_milli(result.limit_sum_milli),
+        reservations_expired=result.expired,
+        tokens_clamped=ledger.from_milli(result.shortfall_milli),
+    )

@@ -1,0 +1,94 @@
+"""Prometheus metrics: one registry per app (so several apps can live in one test process), exposed
+at GET /metrics.
+
+Token figures are in tokens (floats), as operators read budgets. With several worker processes, set
+PROMETHEUS_MULTIPROC_DIR to a shared empty directory: prometheus-client then writes every value to files
+there and /metrics on any worker answers the sum over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+import ledger
+
+# Buckets for Redis scripts (sub-millisecond to tens of ms) and for HTTP and upstream calls (up to a
+# long model answer).
+_REDIS_BUCKETS_S = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
+_HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "chatledger_http_requests",
+            "HTTP requests by route and status.",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "chatledger_http_request_duration_seconds", "HTTP request latency.", ["method", "route"],
+            buckets=_HTTP_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.tokens_reserved = Counter(
+            "chatledger_tokens_reserved", "Tokens held by reservations.", registry=r
+        )
+        self.tokens_charged = Counter("chatledger_tokens_charged", "Tokens charged by settles.", registry=r)
+        self.tokens_refunded = Counter(
+            "chatledger_tokens_refunded",
+            "Held tokens given back (unused part of a hold, or a void).",
+            registry=r,
+        )
+        self.tokens_clamped = Counter(
+            "chatledger_tokens_clamped", "Tokens an exchange cost beyond what its chat could pay.", registry=r
+        )
+        self.reservations_expired = Counter(
+            "chatledger_reservations_expired",
+            "Holds of dead workers reclaimed after their deadline.",
+            registry=r,
+        )
+        self.insufficient = Counter(
+            "chatledger_insufficient_tokens", "Messages refused with 402 before any generation.", registry=r
+        )
+        self.upstream_latency = Histogram(
+            "chatledger_upstream_duration_seconds", "Model call latency.", ["provider"],
+            buckets=_HTTP_BUCKETS_S, registry=r,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "chatledger_upstream_errors", "Failed model calls by kind.", ["provider", "kind"], registry=r
+        )
+        self.script_latency = Histogram(
+            "chatledger_redis_script_duration_seconds", "Ledger script latency.", ["script"],
+            buckets=_REDIS_BUCKETS_S, registry=r,
+        )  # fmt: skip
+
+    def observe_script(self, name: str, seconds: float) -> None:
+        self.script_latency.labels(name).observe(seconds)
+
+    def reserved(self, reservation: ledger.Reservation) -> None:
+        self.tokens_reserved.inc(ledger.from_milli(reservation.granted_milli))
+
+    def settled(self, reservation: ledger.Reservation, settlement: ledger.Settlement) -> None:
+        self.tokens_charged.inc(ledger.from_milli(settlement.charged_milli))
+        refund = reservation.granted_milli - settlement.charged_milli
+        if refund > 0:
+            self.tokens_refunded.inc(ledger.from_milli(refund))
+        if settlement.shortfall_milli:
+            self.tokens_clamped.inc(ledger.from_milli(settlement.shortfall_milli))
+
+    def voided(self, released_milli: int) -> None:
+        self.tokens_refunded.inc(ledger.from_milli(released_milli))
+
+    def exposition(self) -> bytes:
+        """The text format for a scrape: this process's registry, or every worker's in multiprocess mode."""
+        # prometheus-client's own convention, read by the library itself at import: not a chatledger setting.
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # the library's signature is untyped
+            return generate_latest(merged)
+        return generate_latest(self.registry)
