@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -25,7 +25,18 @@ def redact(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Mutabl
     return event
 
 
-def configure_logging(log_format: str = "auto", level: str = "info") -> None:
+class _CurrentStderr:
+    """sys.stderr as it is at each write, not when logging was configured: whoever replaces it later
+    (a test capture, a daemonizing wrapper) gets the lines, and none go to a closed file."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(log_format: str = "auto", level: str = "info", *, cache: bool = True) -> None:
     console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
@@ -40,6 +51,8 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _CurrentStderr())),
+        # A server caches its loggers (structlog's performance advice); a one-shot command does not,
+        # so configuring logging again (tests run the CLI in-process) takes effect everywhere.
+        cache_logger_on_first_use=cache,
     )

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import pytest
 import pytest_asyncio
+import structlog
 from redis.asyncio import Redis
 
 from ledger import (
@@ -106,3 +107,12 @@ def tenants(redis_client: RedisClient, keyspace: Keyspace) -> TenantStore:
 async def config(tenants: TenantStore) -> ConfigRecord:
     """A config with the default weights (1.0 per prompt and per completion token)."""
     return await tenants.create_config(agent_name="Agent", company_name="Co")
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """Undo any structlog configuration a test made (the CLI configures logging in-process), so the
+    next test's capture_logs sees every event."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)

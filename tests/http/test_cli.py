@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import pytest
@@ -51,7 +52,7 @@ class TestCli:
         shown = capsys.readouterr().out
         assert '"primary_color": "#00FF00"' in shown
         assert '"is_full_width": true' in shown
-        assert '"completion_weight_milli": 2500' in shown
+        assert '"completion_token_weight": 2.5' in shown
         assert first_key[1] not in shown
 
         assert main(["key", "create", config_id[1]]) == 0
@@ -90,3 +91,67 @@ class TestCli:
         assert main(["config", "show", "5b7a3c1e-0000-4000-8000-000000000000"]) == 1
         assert main(["key", "create", "not-a-uuid"]) == 1
         assert "No chat configuration" in capsys.readouterr().err
+
+
+@pytest.mark.redis
+class TestOperatorCommands:
+    def test_update_delete_and_chat_commands(
+        self, redis_env: RedisServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """config update/delete and chat show/restore/journal do what the admin API does."""
+        assert main(["config", "create", "--agent-name", "Bot", "--company-name", "Acme"]) == 0
+        out = capsys.readouterr().out
+        config_id = re.search(r"config_id: (\S+)", out)
+        api_key = re.search(r"api_key:\s+(\S+)", out)
+        assert config_id
+        assert api_key
+        assert main(["config", "update", config_id[1], "--header-text", "Hi", "--rate-limit-per-s", "2"]) == 0
+        updated = json.loads(capsys.readouterr().out)
+        assert (updated["header_text"], updated["rate_limit_per_s"], updated["agent_name"]) == (
+            "Hi",
+            2.0,
+            "Bot",
+        )
+
+        chat_id = asyncio.run(_chat_with_exchange(redis_env, config_id[1]))
+        assert main(["chat", "show", chat_id]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert (shown["deleted"], shown["token_used"]) == (True, 3.0)
+        assert main(["chat", "restore", chat_id]) == 0
+        assert json.loads(capsys.readouterr().out)["deleted"] is False
+        assert main(["chat", "journal", chat_id]) == 0
+        journal = capsys.readouterr().out.splitlines()
+        assert [line.split()[1] for line in journal[:-1]] == ["create", "reserve", "settle"]
+        assert journal[-1].startswith("reconciled: 3 entries; used 3.000 / 3.000")
+        assert main(["chat", "show", "5b7a3c1e-0000-4000-8000-000000000000"]) == 1
+
+        assert main(["config", "delete", config_id[1]]) == 0
+        assert _store_call(redis_env, api_key[1]) is None
+        assert main(["config", "show", config_id[1]]) == 1
+
+
+async def _chat_with_exchange(server: RedisServer, config_id: str) -> str:
+    """A chat of the config with one settled exchange (3 tokens), then soft-deleted."""
+    client = ledger.connect(server.url)
+    try:
+        keys = ledger.Keyspace("clcli")
+        config = await ledger.TenantStore(client, keys).get_config(config_id)
+        assert config is not None
+        book = ledger.Ledger(client, keys)
+        await book.start()
+        chat = await book.create_chat(config, 10_000)
+        hold = await book.reserve(
+            config,
+            chat.chat_id,
+            prompt_tokens=1,
+            completion_tokens_max=5,
+            history_tokens_max=0,
+            history_count_max=0,
+        )
+        await book.settle(
+            hold, charge_milli=3_000, user_content="q", user_tokens=1, reply_content="a", reply_tokens=1
+        )
+        await book.delete_chat(config_id, chat.chat_id)
+        return chat.chat_id
+    finally:
+        await client.aclose()
