@@ -10,6 +10,7 @@ from service.exchange import Exchange
 from service.metrics import Metrics
 from service.providers import Provider
 from service.settings import Settings
+from service.widget import Widget
 
 SETTINGS = web.AppKey("settings", Settings)
 # A union is no runtime type, so this key is typed by annotation.
@@ -20,5 +21,7 @@ AUTH = web.AppKey("auth", Authenticator)
 PROVIDER = web.AppKey("provider", Provider)
 EXCHANGE = web.AppKey("exchange", Exchange)
 METRICS = web.AppKey("metrics", Metrics)
+# The chat widget (issue 8); None when it has no key and its routes answer 404.
+WIDGET: web.AppKey[Widget | None] = web.AppKey("widget")
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -44,6 +44,11 @@ class Authenticator:
         api_key = request.headers.get(API_KEY_HEADER, "").strip()
         if not api_key:
             raise ApiError(401, "missing_api_key", f"The {API_KEY_HEADER} header is required.")
+        return await self.tenant_for_key(api_key)
+
+    async def tenant_for_key(self, api_key: str) -> Tenant:
+        """Like `tenant`, for a key the server holds itself (the chat widget's, service/widget/), so
+        its cache and its rate limit are the same as for a key a client sends."""
         digest = hashlib.sha256(api_key.encode()).hexdigest()
         tenant = self._cache.get(digest) if self._cache is not None else None
         if tenant is None:

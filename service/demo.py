@@ -10,13 +10,14 @@ from service.settings import Settings
 log = structlog.get_logger("chatledger")
 
 
-async def ensure_demo_config(tenants: ledger.TenantStore, settings: Settings) -> None:
-    """Create a demo config and key when the store has no config yet, and print the key.
+async def ensure_demo_config(tenants: ledger.TenantStore, settings: Settings) -> str | None:
+    """Create a demo config and key when the store has no config yet, print the key and return it
+    (the chat widget uses it on the embedded default); None when the store had a config already.
 
     The key is logged on purpose, at warning level, once: it is the only way to reach a store that
     lives inside this process and dies with it. Request logs never carry keys."""
     if await tenants.list_config_ids():
-        return
+        return None
     config = await tenants.create_config(
         agent_name="Demo Agent",
         company_name="chatledger demo",
@@ -33,3 +34,4 @@ async def ensure_demo_config(tenants: ledger.TenantStore, settings: Settings) ->
         demo_api_key=issued.api_key,
         note="Send it as the X-API-Key header; it lives as long as this process.",
     )
+    return issued.api_key

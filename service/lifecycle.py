@@ -10,12 +10,13 @@ import structlog
 from aiohttp import web
 
 import ledger
-from service.appkeys import AUTH, EXCHANGE, LEDGER, METRICS, PROVIDER, REDIS, SETTINGS, TENANTS
+from service.appkeys import AUTH, EXCHANGE, LEDGER, METRICS, PROVIDER, REDIS, SETTINGS, TENANTS, WIDGET
 from service.auth import Authenticator
 from service.demo import ensure_demo_config
 from service.exchange import Exchange
 from service.providers import provider_from_settings
 from service.settings import Settings
+from service.widget import widget_from_settings
 
 log = structlog.get_logger("chatledger")
 
@@ -60,8 +61,10 @@ async def ledger_and_tenants(app: web.Application) -> AsyncIterator[None]:
     app[AUTH] = Authenticator(app[TENANTS], settings.auth_cache_ttl_s)
     # Loads every script now: a broken script or an unreachable Redis fails the boot, not a request.
     await app[LEDGER].start()
-    if settings.embedded:
-        await ensure_demo_config(app[TENANTS], settings)
+    demo_api_key = await ensure_demo_config(app[TENANTS], settings) if settings.embedded else None
+    app[WIDGET] = widget_from_settings(settings, demo_api_key or settings.demo_api_key)
+    if app[WIDGET] is not None:
+        log.info("widget", path=f"{settings.api_prefix}/widget/", token_limit=settings.widget_token_limit)
     yield
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from ledger import LedgerLimits
+from ledger import AMOUNT_TOKENS_MAX, LedgerLimits
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -72,6 +72,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     cors_origins: str = ""
     # The demo config's key in embedded mode; unset, a random one is made and logged at start.
     demo_api_key: str | None = None
+    # The chat widget's server-side API key (issue 8, service/widget/); unset, the widget routes answer
+    # 404, except on the embedded default, which uses the demo key. The browser never sees it.
+    widget_api_key: str | None = None
+    # The budget, in tokens, of each chat the widget creates.
+    widget_token_limit: Annotated[float, msgspec.Meta(gt=0, le=AMOUNT_TOKENS_MAX)] = 1000.0
 
     @property
     def cors_origin_list(self) -> frozenset[str]:
