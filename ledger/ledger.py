@@ -11,6 +11,8 @@ import uuid
 from typing import cast
 
 import msgspec
+import redis.exceptions
+from redis.asyncio import RedisCluster
 
 from ledger.connection import RedisClient, is_cluster
 from ledger.errors import (
@@ -112,10 +114,26 @@ class Ledger:
     @wrap_redis_errors
     async def ready(self) -> bool:
         """Redis answers and holds every script; a Redis restarted empty is made ready again here, since
-        loading the scripts is what a first request would do anyway."""
+        loading the scripts is what a first request would do anyway.
+
+        On a cluster it only asks one node: with one primary down, the chats on the others still work,
+        and calling every worker unready would let the load balancer turn a partial outage into a full
+        one. A node that lost its scripts gets them back at the first call (NOSCRIPT -> SCRIPT LOAD)."""
+        if isinstance(self.redis, RedisCluster):
+            return await self._any_primary_answers(self.redis)
         if not await self.scripts.loaded():
             await self.scripts.load_all()
         return True
+
+    @staticmethod
+    async def _any_primary_answers(cluster: RedisCluster) -> bool:
+        failure: Exception | None = None
+        for node in cluster.get_primaries():
+            try:
+                return bool(await cluster.ping(target_nodes=node))
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                failure = exc
+        raise failure or redis.exceptions.ConnectionError("the cluster has no primaries")
 
     # --- chats ---------------------------------------------------------------------------------------
     @wrap_redis_errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -20,7 +21,9 @@ from redis.exceptions import RedisClusterException
 
 from ledger import ConfigRecord, HistoryQuery, Keyspace, Ledger, TenantStore, connect_cluster
 from ledger.scripts import SCRIPT_NAMES
+from service.app import create_app
 from service.cli import main
+from service.settings import Settings
 from tests.integration.helpers import reserve, settle
 from tests.redis_servers import LocalRedisCluster, flush_all
 
@@ -209,3 +212,21 @@ class TestCliOnTheCluster:
         assert asyncio.run(resolve()) == config_id[1]
         assert main(["key", "list", config_id[1]]) == 0
         assert api_key[1][:8] in capsys.readouterr().out
+
+
+class TestReadiness:
+    async def test_ready_while_one_primary_is_down(self, aiohttp_client: Any) -> None:
+        """With one of three primaries stopped, /readyz stays 200: the other primaries' chats still work,
+        and an unready verdict on every worker would let the load balancer drain them all."""
+        with LocalRedisCluster() as cluster:
+            client = connect_cluster(cluster.url)
+            try:
+                settings = Settings(redis_cluster_url=cluster.url, key_prefix="clready")
+                http = await aiohttp_client(create_app(settings, redis=client))
+                assert (await http.get("/readyz")).status == 200
+                cluster.servers[0].stop()
+                for _ in range(3):
+                    response = await http.get("/readyz")
+                    assert response.status == 200, await response.text()
+            finally:
+                await client.aclose()
