@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import msgspec
 
 import ledger
-from service.schemas import ChatOut, iso_utc
+from service.schemas import ChatOut, config_out, iso_utc
 
 Short = Annotated[str, msgspec.Meta(max_length=256)]
 Text = Annotated[str, msgspec.Meta(max_length=16_000)]
@@ -161,18 +161,9 @@ class Done(msgspec.Struct):
 
 
 def admin_config(config: ledger.ConfigRecord) -> AdminConfig:
+    """The public Config object's fields (one mapping, service/schemas.py), plus what only operators see."""
     return AdminConfig(
-        config_id=config.config_id,
-        agent_name=config.agent_name,
-        company_name=config.company_name,
-        primary_color=config.primary_color,
-        header_text=config.header_text,
-        logo_url=config.logo_url,
-        welcome_message=config.welcome_message,
-        chat_first_page_description=config.chat_first_page_description,
-        is_full_width=config.is_full_width,
-        start_page_title=config.start_page_title,
-        start_page_slogan=config.start_page_slogan,
+        **msgspec.structs.asdict(config_out(config)),
         system_prompt=config.system_prompt,
         model=config.model,
         max_output_tokens=config.max_output_tokens,
@@ -181,8 +172,6 @@ def admin_config(config: ledger.ConfigRecord) -> AdminConfig:
         completion_token_weight=config.completion_weight_milli / 1000,
         rate_limit_per_s=config.rate_limit_per_s,
         rate_limit_burst=config.rate_limit_burst,
-        created_at=iso_utc(config.created_ms),
-        updated_at=iso_utc(config.updated_ms),
     )
 
 
