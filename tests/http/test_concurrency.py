@@ -77,3 +77,5 @@ class TestConcurrentSends:
         assert Counter(milli(m["tokens_charged"]) for m in history[1::2]) == Counter(
             milli(b["tokens_charged"]) for b in successes
         )
+        print(f"\n{SENDS} sends: {dict(statuses)}; token_used {chat['token_used']} of {chat['token_limit']}; "
+              f"history {len(history)} messages")  # fmt: skip
