@@ -279,16 +279,19 @@
       }
       this.build();
       const ticket = storage.get();
+      let problem = "";
       if (ticket) {
         try {
           await this.resume(ticket);
           return;
         } catch (error) {
+          // A chat the server no longer knows (deleted, or the widget's key rotated) starts over.
           if (error.status === 404) storage.clear();
-          else this.showAlert(explain(error));
+          else problem = explain(error);
         }
       }
       this.showStart();
+      this.showAlert(problem);
     }
 
     build() {

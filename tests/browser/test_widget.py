@@ -138,6 +138,17 @@ class TestDemoPage:
         expect(page.locator(".clw-msg--ai .clw-text").last).to_contain_text("4 earlier messages")
         screenshot(page, "demo-after-reload")
 
+    def test_a_ticket_the_server_does_not_know_starts_over(self, page: Page, demo_server: Served) -> None:
+        """A kept ticket that opens no chat (deleted, forged, or the key rotated) is forgotten, and
+        the start page is shown with no error."""
+        page.goto(f"{demo_server.url}/widget/")
+        start_chat(page)
+        page.evaluate("() => { for (const k of Object.keys(localStorage)) localStorage.setItem(k, 'x.y'); }")
+        page.reload()
+        expect(page.get_by_role("button", name="Start chat")).to_be_visible()
+        expect(page.locator(".clw-alert")).to_be_empty()
+        assert page.evaluate("() => localStorage.length") == 0
+
     def test_markup_in_a_message_is_shown_as_text(self, page: Page, demo_server: Served) -> None:
         """A message with a <script> and an <img onerror> is shown character for character, as it
         streams and from the history after a reload; no element is made and no script runs."""
