@@ -221,11 +221,12 @@ async def widget_history(request: web.Request) -> web.Response:
 @documented(
     Doc(summary="Send a message to a widget chat; the reply streams as Server-Sent Events.",
         body=WidgetMessageRequest, response=MessageOut, errors=(402, 404, 409, 429, 502, 503, 504),
-        auth="none", tag="widget", media_types=("text/event-stream",))
+        auth="none", tag="widget", media_types=("text/event-stream", "application/json"))
 )  # fmt: skip
 async def widget_send(request: web.Request) -> web.StreamResponse:
-    """Always streamed: `delta` events, then `done` with the saved message and the balance, or
-    `error`; a 402 (or any failure before the first delta) is the API's JSON error."""
+    """Streamed: `delta` events, then `done` with the saved message and the balance, or `error`; a 402
+    (or any failure before the first delta) is the API's JSON error. A retry with the same
+    Idempotency-Key gets the saved message as JSON, uncharged, as from the API."""
     widget = _widget(request)
     chat_id = widget.chat_id(request.match_info["ticket"])
     body = decode_body(await request.read(), WIDGET_MESSAGE_DECODER)
