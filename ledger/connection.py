@@ -15,6 +15,8 @@ from typing import TypeAlias
 import fakeredis
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
+from ledger.multiplex import Multiplexer
+
 # What every ledger class accepts: one node (or the embedded fakeredis), or a Redis Cluster. Every chat
 # script touches one slot (ledger/keys.py), so both run the same scripts.
 RedisClient: TypeAlias = Redis | RedisCluster
@@ -24,11 +26,24 @@ RedisClient: TypeAlias = Redis | RedisCluster
 POOL_WAIT_S = 5.0
 
 
+class PipelinedRedis(Redis):
+    """A client for one node whose ledger scripts share one pipelined connection (ledger/multiplex.py,
+    issue 6); every other command uses the pool. Closing the client closes both."""
+
+    multiplexer: Multiplexer | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self.multiplexer is not None:
+            await self.multiplexer.aclose()
+        await super().aclose(close_connection_pool)
+
+
 def connect(url: str, *, max_connections: int = 100) -> Redis:
     """A pooled client for one Redis node. One per process: never per request.
 
     The pool blocks (up to POOL_WAIT_S) when all its connections are busy: redis-py's default pool raises
-    "Too many connections" at once, which would turn a short burst into 503s."""
+    "Too many connections" at once, which would turn a short burst into 503s. The ledger's scripts do
+    not take pooled connections: they share the client's multiplexer, when the URL allows one."""
     pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
@@ -36,7 +51,16 @@ def connect(url: str, *, max_connections: int = 100) -> Redis:
         timeout=POOL_WAIT_S,
         health_check_interval=30,
     )
-    return Redis.from_pool(pool)
+    # As Redis.from_pool does: the client owns the pool and closes it.
+    client = PipelinedRedis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    client.multiplexer = Multiplexer.for_pool(pool)
+    return client
+
+
+def multiplexer_of(client: RedisClient) -> Multiplexer | None:
+    """The client's multiplexer, if it has one (a `connect` client of a plain TCP node)."""
+    return client.multiplexer if isinstance(client, PipelinedRedis) else None
 
 
 def connect_cluster(url: str, *, max_connections: int = 100) -> RedisCluster:

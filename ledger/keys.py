@@ -59,6 +59,11 @@ class Keyspace:
         the script that moves it; the entries' deltas add up to the meta counters exactly."""
         return f"{self.chat_tag(chat_id)}:journal"
 
+    def chat_context_tokens(self, chat_id: str) -> str:
+        """List: the token counts of the newest messages, newest first (at most CONTEXT_TOKENS_KEPT),
+        kept by settle; the meta field `ctxlen` is the stream length it was last in step with."""
+        return f"{self.chat_tag(chat_id)}:ctx"
+
     def chat_idempotency(self, chat_id: str, key_digest: str) -> str:
         """String with a TTL: the record of one Idempotency-Key on this chat (design.md section 5)."""
         if not _DIGEST_RE.fullmatch(key_digest):
@@ -73,6 +78,7 @@ class Keyspace:
             self.chat_deadlines(chat_id),
             self.chat_reservations(chat_id),
             self.chat_journal(chat_id),
+            self.chat_context_tokens(chat_id),
         ]
 
     # --- one config (tenant) ----------------------------------------------------------------------

@@ -328,23 +328,32 @@ class Ledger:
         if idempotency:
             keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
             extra = [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
-        reply = await self.scripts.call(
-            "reserve",
-            keys=keys,
-            args=[
-                config.config_id,
-                reservation_id,
-                prompt_tokens * config.prompt_weight_milli,
-                config.prompt_weight_milli,
-                config.completion_weight_milli,
-                completion_tokens_max,
-                history_tokens_max,
-                history_count_max,
-                self.limits.reservation_ttl_ms,
-                self.limits.reservation_retention_ms,
-                *extra,
-            ],
-        )
+        # With a multiplexer the context is read natively in the script's transaction (issue 6);
+        # without one (a cluster, the embedded Redis) the script returns it.
+        read_apart = self.scripts.multiplexer is not None and history_count_max > 0
+        args = [
+            config.config_id,
+            reservation_id,
+            prompt_tokens * config.prompt_weight_milli,
+            config.prompt_weight_milli,
+            config.completion_weight_milli,
+            completion_tokens_max,
+            history_tokens_max,
+            history_count_max,
+            self.limits.reservation_ttl_ms,
+            self.limits.reservation_retention_ms,
+            "0" if read_apart else "1",
+            *extra,
+        ]
+        if read_apart:
+            reply, recent = await self.scripts.call_then_read(
+                "reserve",
+                keys=keys,
+                args=args,
+                read=("XREVRANGE", keys[1], "+", "-", "COUNT", history_count_max),
+            )
+        else:
+            reply = await self.scripts.call("reserve", keys=keys, args=args)
         status = reply[0]
         if status == "replay":
             raise ExchangeReplayed(decode_entry(reply[1]))
@@ -355,7 +364,8 @@ class Ledger:
             )
         if status != "ok":
             _raise_status(status)
-        context = decode_entries(reply[5])
+        # The newest entries that fit the context budget, oldest first for the model.
+        context = decode_entries(recent[: reply[5]] if read_apart else reply[5])
         context.reverse()
         return Reservation(
             chat_id=chat_id,

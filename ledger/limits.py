@@ -22,6 +22,11 @@ REAP_BATCH_MAX = 256
 # Entries skipped per XRANGE call when history.lua walks to an offset: bounds the Lua memory of a deep page.
 HISTORY_SKIP_CHUNK = 500
 
+# Token counts of a chat's newest messages kept in its context list (Keyspace.chat_context_tokens), so
+# a reserve prices the context without reading the messages into Lua (issue 6). A context of more
+# messages than this (CHATLEDGER_HISTORY_MESSAGES) is priced from the stream itself, more slowly.
+CONTEXT_TOKENS_KEPT = 128
+
 
 class LedgerLimits(msgspec.Struct, frozen=True, kw_only=True):
     """Deadlines the operator may tune; the defaults fit an upstream timeout of 60 s."""

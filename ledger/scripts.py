@@ -14,8 +14,9 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from ledger.connection import RedisClient
-from ledger.limits import HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
+from ledger.connection import RedisClient, multiplexer_of
+from ledger.limits import CONTEXT_TOKENS_KEPT, HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
+from ledger.multiplex import Command
 
 SCRIPT_NAMES = (
     "create_chat",
@@ -36,7 +37,10 @@ def _read(name: str) -> str:
 
 def script_source(name: str) -> str:
     """The full text sent to Redis for one script: constants, prelude, then the script."""
-    constants = f"local REAP_BATCH_MAX = {REAP_BATCH_MAX}\nlocal HISTORY_SKIP_CHUNK = {HISTORY_SKIP_CHUNK}\n"
+    constants = (
+        f"local REAP_BATCH_MAX = {REAP_BATCH_MAX}\nlocal HISTORY_SKIP_CHUNK = {HISTORY_SKIP_CHUNK}\n"
+        f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
+    )
     return constants + _read("_prelude") + "\n" + _read(name)
 
 
@@ -45,10 +49,12 @@ _SOURCES = {name: script_source(name) for name in SCRIPT_NAMES}
 
 class Scripts:
     """The registered scripts of one client. `AsyncScript.__call__` already does EVALSHA, and on
-    NOSCRIPT (a Redis restart or failover) SCRIPT LOAD and EVALSHA again."""
+    NOSCRIPT (a Redis restart or failover) SCRIPT LOAD and EVALSHA again; so does the client's
+    multiplexer (ledger/multiplex.py), which runs the scripts when the client has one."""
 
     def __init__(self, redis: RedisClient, observe: Callable[[str, float], None] | None = None) -> None:
         self._redis = redis
+        self.multiplexer = multiplexer_of(redis)
         # Called with (script name, seconds) after each `call`; ledger/ knows nothing of metrics.
         self.observe = observe
         self.create_chat: AsyncScript = redis.register_script(_SOURCES["create_chat"])
@@ -68,7 +74,25 @@ class Scripts:
         script: AsyncScript = getattr(self, name)
         started = time.perf_counter()
         try:
+            if self.multiplexer is not None:
+                return await self.multiplexer.evalsha(script.sha, _SOURCES[name], keys, args)
             return await script(keys=list(keys), args=list(args))
+        finally:
+            if self.observe is not None:
+                self.observe(name, time.perf_counter() - started)
+
+    async def call_then_read(
+        self, name: str, *, keys: Sequence[str], args: Sequence[str | int | float], read: Command
+    ) -> tuple[Any, Any]:
+        """Run script `name`, then the read-only command `read`, in one transaction on the client's
+        multiplexer (`multiplexer` must be set): one round trip, and the read sees the state the
+        script left. Redis answers the read natively, which is much cheaper than a script reading the
+        same data into Lua and returning it (issue 6: the reserve's context)."""
+        assert self.multiplexer is not None, "call_then_read needs a multiplexed client"
+        script: AsyncScript = getattr(self, name)
+        started = time.perf_counter()
+        try:
+            return await self.multiplexer.evalsha_then(script.sha, _SOURCES[name], keys, args, read)
         finally:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - started)

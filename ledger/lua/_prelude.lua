@@ -20,9 +20,10 @@ end
 -- recognised and changes nothing.
 local SETTLED, VOIDED, EXPIRED = 's', 'v', 'e'
 
--- Owner and counters of a chat, or nil when it does not exist.
+-- Owner and counters of a chat, or nil when it does not exist. `ctxlen` is the stream length the
+-- context list was last in step with (nil for a chat that never had one).
 local function load_chat(meta_key)
-  local m = redis.call('HMGET', meta_key, 'config', 'limit', 'used', 'reserved', 'deleted')
+  local m = redis.call('HMGET', meta_key, 'config', 'limit', 'used', 'reserved', 'deleted', 'ctxlen')
   if not m[1] then
     return nil
   end
@@ -32,6 +33,7 @@ local function load_chat(meta_key)
     used = tonumber(m[3]),
     reserved = tonumber(m[4]),
     deleted = m[5] == '1',
+    ctxlen = tonumber(m[6]),
   }
 end
 

@@ -35,6 +35,9 @@ redis.call('HSET', meta,
   'deleted', '0', 'deleted_at', '0',
   'agent', agent_name, 'company', company_name,
   'expired', '0', 'clamped', '0',
-  'limit0', limit_milli, 'fingerprint', fingerprint)
+  'limit0', limit_milli, 'fingerprint', fingerprint,
+  -- The context list (empty) is in step with the stream (empty): settle keeps it from the first message,
+  -- so it exists whenever messages do (a script's keys must exist on a node importing the slot).
+  'ctxlen', '0')
 journal(journal_key, 'create', '', 0, 0, limit_milli, 0)
 return {'ok'}

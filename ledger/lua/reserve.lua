@@ -1,6 +1,6 @@
--- reserve: hold enough of a chat's budget for one exchange, and return the history the model needs.
+-- reserve: hold enough of a chat's budget for one exchange, and price the history the model needs.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
--- KEYS[5] journal stream   KEYS[6] (optional) the Idempotency-Key's record
+-- KEYS[5] journal stream   KEYS[6] context token list   KEYS[7] (optional) the Idempotency-Key's record
 -- ARGV[1] caller's config id (a chat of another config reads as not found)
 -- ARGV[2] reservation id (fresh per request)
 -- ARGV[3] prompt_milli: the priced prompt parts the worker knows (system prompt and the new message)
@@ -10,15 +10,19 @@
 -- ARGV[7] history_tokens_max: the context budget for history, in tokens
 -- ARGV[8] history_count_max: most history messages to consider
 -- ARGV[9] ttl_ms: the hold's deadline from now   ARGV[10] retention_ms of resolved records
--- ARGV[11] the request's fingerprint   ARGV[12] idempotency_ttl_ms (both only with KEYS[6])
+-- ARGV[11] '1': reply with the context entries; '0': reply with their count only, the caller reading
+--          them in the same transaction (XREVRANGE after this script in MULTI/EXEC, issue 6)
+-- ARGV[12] the request's fingerprint   ARGV[13] idempotency_ttl_ms (both only with KEYS[7])
 -- Clock: Redis TIME only.
 -- Reply: {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context}
---        where context is a list of stream entries {id, {field, value, ...}}, newest first;
+--        where context is a list of stream entries {id, {field, value, ...}}, newest first, or (ARGV[11]
+--        '0') how many of the newest entries it is;
 --        {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
 --        {'deleted'}; {'replay', entry} (the key's exchange completed: its saved reply);
 --        {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local record_key = KEYS[6]
+local context_key = KEYS[6]
+local record_key = KEYS[7]
 local config_id = ARGV[1]
 local reservation_id = ARGV[2]
 local prompt_milli = tonumber(ARGV[3])
@@ -29,8 +33,9 @@ local history_tokens_max = tonumber(ARGV[7])
 local history_count_max = tonumber(ARGV[8])
 local ttl_ms = tonumber(ARGV[9])
 local retention_ms = tonumber(ARGV[10])
-local fingerprint = ARGV[11]
-local record_ttl_ms = ARGV[12]
+local inline_context = ARGV[11] == '1'
+local fingerprint = ARGV[12]
+local record_ttl_ms = ARGV[13]
 
 local chat = load_chat(meta)
 if not chat or chat.config ~= config_id then
@@ -63,24 +68,53 @@ if redis.call('HEXISTS', reservations, reservation_id) == 1 then
   return redis.error_reply('reserve: reservation id already in use')
 end
 
+-- The tokens of a stream entry, as settle stored them.
+local function entry_tokens(entry)
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 't' then
+      return tonumber(fields[i + 1])
+    end
+  end
+  return 0
+end
+
+-- The token counts of the newest `n` messages, newest first. They come from the context list, which
+-- settle keeps in step with the stream, so no message is read into Lua. A list out of step (a chat
+-- older than the list, or a message appended by a worker that did not keep it) is rebuilt here from
+-- the stream, once; a context longer than the list is priced from the stream every time.
+local function newest_token_counts(n)
+  local length = redis.call('XLEN', msgs)
+  if chat.ctxlen == length and n <= CONTEXT_TOKENS_KEPT then
+    return redis.call('LRANGE', context_key, 0, n - 1)
+  end
+  local recent = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', math.max(n, CONTEXT_TOKENS_KEPT))
+  local counts, kept = {}, {}
+  for i, entry in ipairs(recent) do
+    counts[i] = entry_tokens(entry)
+    if i <= CONTEXT_TOKENS_KEPT then
+      kept[i] = counts[i]
+    end
+  end
+  redis.call('DEL', context_key)
+  if #kept > 0 then
+    redis.call('RPUSH', context_key, unpack(kept))
+  end
+  redis.call('HSET', meta, 'ctxlen', length)
+  return counts
+end
+
 -- Context: the newest messages that fit the token budget, so the prompt is priced before the call.
-local context = {}
+local context_count = 0
 local history_tokens = 0
 if history_count_max > 0 then
-  local recent = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', history_count_max)
-  for _, entry in ipairs(recent) do
-    local fields = entry[2]
-    local tokens = 0
-    for i = 1, #fields, 2 do
-      if fields[i] == 't' then
-        tokens = tonumber(fields[i + 1])
-      end
-    end
-    if history_tokens + tokens > history_tokens_max then
+  for i, tokens in ipairs(newest_token_counts(history_count_max)) do
+    tokens = tonumber(tokens)
+    if i > history_count_max or history_tokens + tokens > history_tokens_max then
       break
     end
     history_tokens = history_tokens + tokens
-    context[#context + 1] = entry
+    context_count = i
   end
 end
 
@@ -108,5 +142,12 @@ redis.call('ZADD', deadlines, int(now + ttl_ms), reservation_id)
 journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
 if record_key then
   redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', record_ttl_ms)
+end
+local context = context_count
+if inline_context then
+  context = {}
+  if context_count > 0 then
+    context = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', context_count)
+  end
 end
 return {'ok', int(granted), int(prompt_total), int(completion_tokens), expired, context}

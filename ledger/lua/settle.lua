@@ -1,19 +1,21 @@
 -- settle: charge an exchange's actual cost, release the rest of its hold, and append the user message
 -- and the reply to the history as one atomic pair.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
--- KEYS[5] journal stream   KEYS[6] (optional) the Idempotency-Key's record, marked done here
+-- KEYS[5] journal stream   KEYS[6] context token list (kept in step with the stream when it was)
+-- KEYS[7] (optional) the Idempotency-Key's record, marked done here
 -- ARGV[1] reservation id
 -- ARGV[2] charge_milli: prompt and reply tokens times their weights
 -- ARGV[3] user message content   ARGV[4] its tokens
 -- ARGV[5] reply content          ARGV[6] its tokens
 -- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' on a shortfall)
 -- ARGV[8] retention_ms of the resolved record
--- ARGV[9] the request's fingerprint   ARGV[10] idempotency_ttl_ms (both only with KEYS[6])
+-- ARGV[9] the request's fingerprint   ARGV[10] idempotency_ttl_ms (both only with KEYS[7])
 -- Clock: Redis TIME only (stream ids and the retention).
 -- Reply: {'ok', charged_milli, shortfall_milli, user_entry_id, reply_entry_id, limit, used, reserved};
 --        {'not_found'}; {'deleted'} (the hold is voided); or a reservation status from open_amount.
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local record_key = KEYS[6]
+local context_key = KEYS[6]
+local record_key = KEYS[7]
 local reservation_id = ARGV[1]
 local charge_milli = tonumber(ARGV[2])
 local user_content, user_tokens = ARGV[3], ARGV[4]
@@ -52,11 +54,20 @@ redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved))
 resolve(deadlines, reservations, reservation_id, SETTLED, now, retention_ms)
 journal(journal_key, 'settle', reservation_id, charged, -granted, 0, shortfall)
 
+-- The context list prices the next reserve's history without reading messages (reserve.lua); it
+-- follows the stream only if it was in step with it, else the next reserve rebuilds it.
+local context_in_step = chat.ctxlen ~= nil and chat.ctxlen == redis.call('XLEN', msgs)
 -- Both entries carry the same fields so the stream's listpacks store the field names once.
 local user_id = redis.call('XADD', msgs, '*',
   'u', '1', 'c', user_content, 't', user_tokens, 'm', '0', 'f', '')
 local reply_id = redis.call('XADD', msgs, '*',
   'u', '0', 'c', reply_content, 't', reply_tokens, 'm', int(charged), 'f', flags)
+if context_in_step then
+  -- Newest first: the reply, then the user message.
+  redis.call('LPUSH', context_key, user_tokens, reply_tokens)
+  redis.call('LTRIM', context_key, 0, CONTEXT_TOKENS_KEPT - 1)
+  redis.call('HSET', meta, 'ctxlen', int(chat.ctxlen + 2))
+end
 if record_key then
   redis.call('SET', record_key, 'd|' .. fingerprint .. '|' .. reply_id, 'PX', record_ttl_ms)
 end

@@ -1,6 +1,7 @@
 -- void: release a hold without charging or writing history (the model call failed or was refused).
 -- KEYS[1] meta hash   KEYS[2] messages stream (unused: every exchange script takes the same keys)
 -- KEYS[3] deadlines zset   KEYS[4] reservations hash   KEYS[5] journal stream
+-- KEYS[6] context token list (unused, as KEYS[2])
 -- ARGV[1] reservation id   ARGV[2] retention_ms of the resolved record
 -- Clock: Redis TIME only.
 -- Reply: {'ok', released_milli}; {'not_found'}; or a reservation status from open_amount.

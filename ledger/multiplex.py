@@ -1,0 +1,311 @@
+"""One pipelined connection per process for the ledger's scripts (issue 6).
+
+redis-py takes a pooled connection per command, writes it, waits for its reply and gives the connection
+back; under load that is most of a worker's time, and Redis pays a read and a write system call per
+command. Here every script call of a process shares one connection: the commands issued in one turn of
+the event loop leave in one write, and their replies are matched to their callers in order (Redis answers
+a connection's commands in the order it sent them). Redis then reads and answers batches, and a call
+costs the client a few microseconds of Python.
+
+Behaviour is redis-py's where a caller can see it: replies are decoded the same way, error replies raise
+the same exception classes (redis-py's own parser names them), a connection failure raises
+redis.ConnectionError and the next call connects again, and a reply that takes longer than the
+command timeout raises redis.TimeoutError. A timeout resets the connection, failing the calls still
+waiting on it: they were all sent on a connection that has not answered for that long.
+
+Only plain TCP connections to one node are multiplexed (`for_pool`); TLS, Unix sockets, credential
+providers and clusters keep redis-py's own path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+import hiredis
+import redis.exceptions
+from redis._parsers.base import BaseParser
+from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import Connection
+
+# A command is its words: the name, then keys and arguments (str, bytes or int).
+Command = Sequence[str | bytes | int | float]
+
+# The pool options the multiplexer understands; anything else set on the pool means "leave it to
+# redis-py" (a credential provider, a client name, a custom parser...).
+_KNOWN_OPTIONS = frozenset({
+    "host", "port", "db", "username", "password", "socket_timeout", "socket_connect_timeout",
+    "decode_responses", "encoding", "encoding_errors", "health_check_interval", "retry",
+    # Set by redis-py itself on every pool, for its own features.
+    "himport_registry", "maint_notifications_pool_handler", "maint_notifications_config",
+    "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout",
+})  # fmt: skip
+
+
+class _Batch:
+    """Commands written together and the future that gets their replies, in order."""
+
+    __slots__ = ("count", "future", "replies", "sent_s")
+
+    def __init__(self, future: asyncio.Future[list[Any]], count: int, sent_s: float) -> None:
+        self.future = future
+        self.count = count
+        self.replies: list[Any] = []
+        self.sent_s = sent_s
+
+
+class _Connection(asyncio.Protocol):
+    """The protocol side: buffers commands until the loop turn ends, parses replies as they come."""
+
+    def __init__(self, encoding: str | None, errors: str, timeout_s: float | None) -> None:
+        self._reader = (
+            hiredis.Reader(encoding=encoding, errors=errors) if encoding is not None else hiredis.Reader()
+        )
+        self._timeout_s = timeout_s
+        self._pending: collections.deque[_Batch] = collections.deque()
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self._failure: redis.exceptions.RedisError | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def usable(self) -> bool:
+        return self._failure is None and self._transport is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's does not subclass asyncio.Transport, but has its methods).
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        pending = self._pending
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(redis.exceptions.ConnectionError(f"Protocol error from Redis: {exc}"))
+                return
+            if reply is False:
+                return
+            if not pending:
+                self._fail(redis.exceptions.ConnectionError("A reply came that no command asked for."))
+                return
+            batch = pending[0]
+            batch.replies.append(reply)
+            if len(batch.replies) == batch.count:
+                pending.popleft()
+                # A caller that was cancelled meanwhile no longer waits: its replies are dropped.
+                if not batch.future.done():
+                    batch.future.set_result(batch.replies)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(
+            redis.exceptions.ConnectionError(f"Connection to Redis lost: {exc or 'closed by server'}.")
+        )
+
+    def send(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]]:
+        """Queue `commands` for this turn's write; the future gets their replies."""
+        if self._failure is not None:
+            raise self._failure
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        # hiredis's stub types the tuple as one element; it takes any number.
+        self._out.extend(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+        self._pending.append(_Batch(future, len(commands), time.monotonic()))
+        if self._watchdog is None and self._timeout_s is not None:
+            self._watchdog = self._loop.call_later(self._timeout_s, self._check_timeout)
+        return future
+
+    def close(self) -> None:
+        self._fail(redis.exceptions.ConnectionError("Connection to Redis closed by the client."))
+
+    def _flush(self) -> None:
+        if self._transport is None or self._failure is not None or not self._out:
+            return
+        self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def _check_timeout(self) -> None:
+        """The oldest batch still waiting decides: past the timeout, the connection is given up."""
+        self._watchdog = None
+        if not self._pending or self._timeout_s is None or self._failure is not None:
+            return
+        late_s = time.monotonic() - self._pending[0].sent_s - self._timeout_s
+        if late_s >= 0:
+            self._fail(redis.exceptions.TimeoutError("Timeout reading from Redis."))
+            return
+        self._watchdog = self._loop.call_later(-late_s, self._check_timeout)
+
+    def _fail(self, error: redis.exceptions.RedisError) -> None:
+        """Close the connection once and fail every call still waiting on it."""
+        if self._failure is None:
+            self._failure = error
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if self._transport is not None:
+            self._transport.abort()
+        self._out.clear()
+        while self._pending:
+            batch = self._pending.popleft()
+            if not batch.future.done():
+                batch.future.set_exception(self._failure)
+
+
+def raise_error(reply: Any) -> Any:
+    """`reply`, or the exception redis-py raises for it when it is an error reply."""
+    if isinstance(reply, hiredis.ReplyError):
+        # redis-py's own mapping from an error's prefix to its class (NOSCRIPT, BUSY, LOADING...).
+        error: redis.exceptions.RedisError = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
+        raise error
+    return reply
+
+
+def _is_noscript(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+class Multiplexer:
+    """The shared connection of one client. Connects on first use and again after a failure; the
+    client closes it (ledger/connection.py)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        encoding: str | None = "utf-8",
+        encoding_errors: str = "strict",
+        timeout_s: float | None = 5.0,
+        connect_timeout_s: float | None = 5.0,
+    ) -> None:
+        self._address = (host, port)
+        self._db = db
+        self._auth = [a for a in (username, password) if a is not None] if password is not None else []
+        self._encoding = encoding
+        self._encoding_errors = encoding_errors
+        self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._connection: _Connection | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    @classmethod
+    def for_pool(cls, pool: ConnectionPool) -> Multiplexer | None:
+        """A multiplexer to the node `pool` connects to, or None when the pool's connections are not
+        plain TCP with options this class knows (redis-py keeps those)."""
+        options = pool.connection_kwargs
+        if pool.connection_class is not Connection or not set(options) <= _KNOWN_OPTIONS:
+            return None
+        return cls(
+            str(options.get("host", "localhost")),
+            int(options.get("port", 6379)),
+            db=int(options.get("db", 0)),
+            username=options.get("username"),
+            password=options.get("password"),
+            encoding=options.get("encoding", "utf-8") if options.get("decode_responses") else None,
+            encoding_errors=options.get("encoding_errors", "strict"),
+            timeout_s=options.get("socket_timeout", 5.0),
+            connect_timeout_s=options.get("socket_connect_timeout", 5.0),
+        )
+
+    async def execute(self, *command: str | bytes | int | float) -> Any:
+        """One command's reply; an error reply is raised."""
+        (reply,) = await self.execute_many([command])
+        return raise_error(reply)
+
+    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+        """The replies of `commands`, sent back to back; error replies are returned as hiredis
+        ReplyError values (see `raise_error`), as they are inside a transaction's reply."""
+        connection = self._connection
+        if connection is None or not connection.usable:
+            connection = await self._connect()
+        return await connection.send(commands)
+
+    async def evalsha(
+        self, sha: str, source: str, keys: Sequence[str], args: Sequence[str | int | float]
+    ) -> Any:
+        """EVALSHA, loading the script once if Redis lacks it (a restart, a failover), as redis-py's
+        AsyncScript does."""
+        try:
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await self.execute("SCRIPT", "LOAD", source)
+            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def evalsha_then(
+        self,
+        sha: str,
+        source: str,
+        keys: Sequence[str],
+        args: Sequence[str | int | float],
+        read: Command,
+    ) -> tuple[Any, Any]:
+        """EVALSHA, then the command `read`, in one transaction (MULTI ... EXEC, written at once): one
+        round trip, and the read sees exactly the state the script left, whatever other clients do.
+        Loads the script once if Redis lacks it, like `evalsha`."""
+        for _attempt in range(2):
+            replies = await self.execute_many(
+                [("MULTI",), ("EVALSHA", sha, len(keys), *keys, *args), read, ("EXEC",)]
+            )
+            if _is_noscript(replies[1]):
+                # Refused when queued: the transaction was discarded (EXECABORT).
+                await self.execute("SCRIPT", "LOAD", source)
+                continue
+            for reply in replies[:3]:
+                raise_error(reply)
+            script_reply, read_reply = raise_error(replies[3])
+            if _is_noscript(script_reply):
+                await self.execute("SCRIPT", "LOAD", source)
+                continue
+            return raise_error(script_reply), raise_error(read_reply)
+        raise redis.exceptions.NoScriptError("The script is still missing after SCRIPT LOAD.")
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    async def _connect(self) -> _Connection:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._connection is not None and self._connection.usable:
+                return self._connection
+            if self._connection is not None:
+                self._connection.close()
+            self._connection = None
+            connection = await self._open()
+            self._connection = connection
+            return connection
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        host, port = self._address
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _transport, connection = await loop.create_connection(
+                    lambda: _Connection(self._encoding, self._encoding_errors, self._timeout_s), host, port
+                )
+        except (OSError, TimeoutError) as exc:
+            raise redis.exceptions.ConnectionError(f"Error connecting to {host}:{port}. {exc}") from exc
+        setup: list[Command] = []
+        if self._auth:
+            setup.append(["AUTH", *self._auth])
+        if self._db:
+            setup.append(["SELECT", self._db])
+        if setup:
+            try:
+                for reply in await connection.send(setup):
+                    raise_error(reply)
+            except BaseException:
+                connection.close()
+                raise
+        return connection
