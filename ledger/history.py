@@ -18,6 +18,9 @@ _ID_RE = re.compile(r"([0-9]{1,16})-([0-9]{1,10})")
 
 HistoryMode = Literal["offset", "after", "before"]
 
+# The fields of a history entry, in the order settle.lua writes them.
+_FIELD_ORDER = ["u", "c", "t", "m", "f"]
+
 
 class HistoryQuery(msgspec.Struct, frozen=True, kw_only=True):
     """A page request: `offset` (the spec's pagination) or a cursor (`after`/`before`, Part C)."""
@@ -49,18 +52,26 @@ def parse_message_id(message_id: str) -> str | None:
 
 
 def decode_entry(entry: list[object]) -> StoredMessage:
-    """A StoredMessage from a stream entry as the scripts return it: `[id, [field, value, ...]]`."""
+    """A StoredMessage from a stream entry as the scripts return it: `[id, [field, value, ...]]`.
+
+    Hot: a reserve decodes its whole context (20 entries by default) for every message (issue 6), so
+    the layout settle.lua writes (u, c, t, m, f in that order) is read by position; any other order
+    goes through a dict."""
     entry_id = str(entry[0])
     raw = entry[1]
     assert isinstance(raw, list), "a stream entry's fields are a flat list"
-    fields = dict(zip(raw[::2], raw[1::2], strict=True))
+    if len(raw) == 10 and raw[0::2] == _FIELD_ORDER:
+        user, content, tokens, charged, flags = raw[1::2]
+    else:
+        fields = dict(zip(raw[::2], raw[1::2], strict=True))
+        user, content, tokens, charged, flags = (fields[name] for name in _FIELD_ORDER)
     return make_message(
         entry_id,
-        is_user=fields["u"] == "1",
-        content=fields["c"],
-        tokens=int(fields["t"]),
-        charged_milli=int(fields["m"]),
-        flags=fields["f"],
+        is_user=user == "1",
+        content=content,
+        tokens=int(tokens),
+        charged_milli=int(charged),
+        flags=flags,
     )
 
 
@@ -68,14 +79,15 @@ def make_message(
     entry_id: str, *, is_user: bool, content: str, tokens: int, charged_milli: int, flags: str
 ) -> StoredMessage:
     """A StoredMessage for a raw stream entry id; its time part is the message's timestamp."""
+    message_id = format_message_id(entry_id)
     return StoredMessage(
-        message_id=format_message_id(entry_id),
+        message_id=message_id,
         is_user=is_user,
         content=content,
         tokens=tokens,
         charged_milli=charged_milli,
         flags=flags,
-        timestamp_ms=int(entry_id.split("-")[0]),
+        timestamp_ms=int(message_id.partition("-")[0]),
     )
 
 
