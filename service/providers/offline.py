@@ -9,6 +9,7 @@ the usage after it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import AsyncGenerator
 
@@ -28,23 +29,37 @@ _QUOTE_TOKENS = 12
 NOT_AN_LLM = "(chatledger offline model, not an LLM)"
 
 
+# Texts up to this long have their counts remembered (at most _COUNTS_CACHED of them): every message
+# re-counts the chat's recent history, which is the same few texts again and again (issue 6). Longer
+# texts are rare, and counting them costs far more than hashing them.
+_COUNTS_CACHED = 2048
+_COUNT_CACHED_CHARS_MAX = 1024
+
+
 def _tokens(text: str) -> list[re.Match[str]]:
     return list(_TOKEN_RE.finditer(text))
+
+
+@functools.lru_cache(maxsize=_COUNTS_CACHED)
+def _cached_count(text: str) -> int:
+    return len(_TOKEN_RE.findall(text))
 
 
 class OfflineModel:
     name = "offline"
 
     def count_tokens(self, text: str) -> int:
-        return sum(1 for _ in _TOKEN_RE.finditer(text))
+        if len(text) <= _COUNT_CACHED_CHARS_MAX:
+            return _cached_count(text)
+        return len(_TOKEN_RE.findall(text))
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        reply, kept = self._reply_tokens(request)
+        reply, tokens, kept = self._reply_tokens(request)
         return Completion(
             content=reply[: kept[-1].end()] if kept else "",
             prompt_tokens=estimate_prompt_tokens(request, self.count_tokens),
             completion_tokens=len(kept),
-            truncated=len(kept) < len(_tokens(reply)),
+            truncated=len(kept) < len(tokens),
         )
 
     async def open_stream(self, request: CompletionRequest) -> ReplyStream:
@@ -52,7 +67,7 @@ class OfflineModel:
         return ReplyStream(request, self._deltas(request), self.count_tokens)
 
     async def _deltas(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
-        reply, kept = self._reply_tokens(request)
+        reply, tokens, kept = self._reply_tokens(request)
         start = 0
         for token in kept:
             # Each delta carries the spaces before its token, so the deltas join into the reply.
@@ -61,13 +76,16 @@ class OfflineModel:
             # A real model takes time per token; yielding here lets a cancellation land mid-reply.
             await asyncio.sleep(0)
         usage = Usage(estimate_prompt_tokens(request, self.count_tokens), len(kept))
-        yield StreamEnd(truncated=len(kept) < len(_tokens(reply)), usage=usage)
+        yield StreamEnd(truncated=len(kept) < len(tokens), usage=usage)
 
-    def _reply_tokens(self, request: CompletionRequest) -> tuple[str, list[re.Match[str]]]:
-        """The reply and its tokens that fit max_tokens: cut after the last one, so the charge is
-        exactly max_tokens when the reply is longer."""
+    def _reply_tokens(
+        self, request: CompletionRequest
+    ) -> tuple[str, list[re.Match[str]], list[re.Match[str]]]:
+        """The reply, its tokens, and those that fit max_tokens: cut after the last one, so the charge
+        is exactly max_tokens when the reply is longer."""
         reply = self.reply_text(request)
-        return reply, _tokens(reply)[: max(request.max_tokens, 0)]
+        tokens = _tokens(reply)
+        return reply, tokens, tokens[: max(request.max_tokens, 0)]
 
     def reply_text(self, request: CompletionRequest) -> str:
         """A reply that depends only on the request: the same prompt always gets the same answer."""
