@@ -6,15 +6,17 @@ inside a Lua script, so concurrent workers never race on a read-modify-write.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
-from typing import cast
+from typing import Any, cast
 
 import msgspec
 import redis.exceptions
 from redis.asyncio import RedisCluster
 
 from ledger.connection import RedisClient, is_cluster
+from ledger.context import ContextCache, ContextPlan
 from ledger.errors import (
     ChatDeleted,
     ChatNotDeleted,
@@ -44,6 +46,7 @@ from ledger.results import (
     Reconciliation,
     Reservation,
     Settlement,
+    StoredMessage,
 )
 from ledger.scripts import Scripts
 
@@ -101,6 +104,8 @@ class Ledger:
         self.keys = keys
         self.limits = limits or LedgerLimits()
         self.scripts = Scripts(redis)
+        # Chats' newest messages, so a reserve reads only the new ones (with a multiplexer only).
+        self.contexts = ContextCache()
 
     @wrap_redis_errors
     async def start(self) -> None:
@@ -322,7 +327,8 @@ class Ledger:
         Raises InsufficientTokens (nothing held) when even one reply token is not payable. With an
         Idempotency-Key: ExchangeReplayed (its saved reply) when the key's exchange completed,
         DuplicateInFlight while it is open, IdempotencyKeyReused for another request's key."""
-        reservation_id = uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, like uuid4().hex without the UUID object (a hot path).
+        reservation_id = os.urandom(16).hex()
         keys = self.keys.chat_keys(chat_id)
         extra: list[str | int] = []
         if idempotency:
@@ -346,11 +352,9 @@ class Ledger:
             *extra,
         ]
         if read_apart:
+            plan = self.contexts.plan(chat_id, keys[1], history_count_max)
             reply, recent = await self.scripts.call_then_read(
-                "reserve",
-                keys=keys,
-                args=args,
-                read=("XREVRANGE", keys[1], "+", "-", "COUNT", history_count_max),
+                "reserve", keys=keys, args=args, read=plan.command
             )
         else:
             reply = await self.scripts.call("reserve", keys=keys, args=args)
@@ -364,8 +368,12 @@ class Ledger:
             )
         if status != "ok":
             _raise_status(status)
+        if read_apart:
+            newest = await self._newest_messages(chat_id, keys[1], plan, recent, reply, history_count_max)
+            context = newest[: int(reply[5])]
+        else:
+            context = decode_entries(reply[5])
         # The newest entries that fit the context budget, oldest first for the model.
-        context = decode_entries(recent[: reply[5]] if read_apart else reply[5])
         context.reverse()
         return Reservation(
             chat_id=chat_id,
@@ -377,6 +385,31 @@ class Ledger:
             idempotency=idempotency,
             reclaimed=int(reply[4]),
         )
+
+    async def _newest_messages(
+        self,
+        chat_id: str,
+        messages_key: str,
+        plan: ContextPlan,
+        entries: list[list[object]],
+        reply: list[Any],
+        count: int,
+    ) -> list[StoredMessage]:
+        """The chat's newest `count` messages (newest first) as the reserve saw them, from its read and
+        the context cache (ledger/context.py). A read the stream's length and newest id (reply[6],
+        reply[7]) do not confirm is made again, anchored at that id: the history is append-only, so
+        the result is the same as a whole read inside the transaction."""
+        length, newest_id = int(reply[6]), str(reply[7])
+        merged = self.contexts.merge(chat_id, plan, entries, length=length, newest_id=newest_id, count=count)
+        if merged is not None:
+            return merged
+        again: list[list[object]] = []
+        if length:
+            assert self.scripts.multiplexer is not None, "a context plan needs the multiplexer"
+            again = await self.scripts.multiplexer.execute(
+                "XREVRANGE", messages_key, newest_id, "-", "COUNT", count
+            )
+        return self.contexts.remember(chat_id, again, length=length, count=count)
 
     @wrap_redis_errors
     async def settle(

@@ -27,6 +27,11 @@ HISTORY_SKIP_CHUNK = 500
 # messages than this (CHATLEDGER_HISTORY_MESSAGES) is priced from the stream itself, more slowly.
 CONTEXT_TOKENS_KEPT = 128
 
+# A worker's cache of its chats' newest messages (ledger/context.py): at most this many chats and this
+# many characters of content (a few tens of MB at most), least recently used first out.
+CONTEXT_CACHE_CHATS_MAX = 4096
+CONTEXT_CACHE_CHARS_MAX = 8_000_000
+
 
 class LedgerLimits(msgspec.Struct, frozen=True, kw_only=True):
     """Deadlines the operator may tune; the defaults fit an upstream timeout of 60 s."""

@@ -21,9 +21,10 @@ end
 local SETTLED, VOIDED, EXPIRED = 's', 'v', 'e'
 
 -- Owner and counters of a chat, or nil when it does not exist. `ctxlen` is the stream length the
--- context list was last in step with (nil for a chat that never had one).
+-- context list was last in step with (nil for a chat that never had one), and `last` the stream's
+-- newest id at that length.
 local function load_chat(meta_key)
-  local m = redis.call('HMGET', meta_key, 'config', 'limit', 'used', 'reserved', 'deleted', 'ctxlen')
+  local m = redis.call('HMGET', meta_key, 'config', 'limit', 'used', 'reserved', 'deleted', 'ctxlen', 'last')
   if not m[1] then
     return nil
   end
@@ -34,6 +35,8 @@ local function load_chat(meta_key)
     reserved = tonumber(m[4]),
     deleted = m[5] == '1',
     ctxlen = tonumber(m[6]),
+    -- A missing field comes back as false, not nil.
+    last = m[7] or nil,
   }
 end
 

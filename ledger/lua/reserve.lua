@@ -16,7 +16,8 @@
 -- Clock: Redis TIME only.
 -- Reply: {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context}
 --        where context is a list of stream entries {id, {field, value, ...}}, newest first, or (ARGV[11]
---        '0') how many of the newest entries it is;
+--        '0') how many of the newest entries it is, followed by the stream's length and newest id (''
+--        when empty), which let the caller check what it read (ledger/context.py);
 --        {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
 --        {'deleted'}; {'replay', entry} (the key's exchange completed: its saved reply);
 --        {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
@@ -82,10 +83,11 @@ end
 -- The token counts of the newest `n` messages, newest first. They come from the context list, which
 -- settle keeps in step with the stream, so no message is read into Lua. A list out of step (a chat
 -- older than the list, or a message appended by a worker that did not keep it) is rebuilt here from
--- the stream, once; a context longer than the list is priced from the stream every time.
-local function newest_token_counts(n)
-  local length = redis.call('XLEN', msgs)
-  if chat.ctxlen == length and n <= CONTEXT_TOKENS_KEPT then
+-- the stream, once; a context longer than the list is priced from the stream every time. Sets
+-- chat.last to the stream's newest id.
+local function newest_token_counts(n, length)
+  local in_step = chat.ctxlen == length and (length == 0 or chat.last ~= nil)
+  if in_step and n <= CONTEXT_TOKENS_KEPT then
     return redis.call('LRANGE', context_key, 0, n - 1)
   end
   local recent = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', math.max(n, CONTEXT_TOKENS_KEPT))
@@ -96,19 +98,27 @@ local function newest_token_counts(n)
       kept[i] = counts[i]
     end
   end
+  if in_step then
+    return counts
+  end
   redis.call('DEL', context_key)
   if #kept > 0 then
     redis.call('RPUSH', context_key, unpack(kept))
+    chat.last = recent[1][1]
+    redis.call('HSET', meta, 'ctxlen', length, 'last', chat.last)
+  else
+    redis.call('HSET', meta, 'ctxlen', length)
   end
-  redis.call('HSET', meta, 'ctxlen', length)
   return counts
 end
 
 -- Context: the newest messages that fit the token budget, so the prompt is priced before the call.
 local context_count = 0
 local history_tokens = 0
+local length = 0
 if history_count_max > 0 then
-  for i, tokens in ipairs(newest_token_counts(history_count_max)) do
+  length = redis.call('XLEN', msgs)
+  for i, tokens in ipairs(newest_token_counts(history_count_max, length)) do
     tokens = tonumber(tokens)
     if i > history_count_max or history_tokens + tokens > history_tokens_max then
       break
@@ -143,11 +153,12 @@ journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
 if record_key then
   redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', record_ttl_ms)
 end
-local context = context_count
-if inline_context then
-  context = {}
-  if context_count > 0 then
-    context = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', context_count)
-  end
+if not inline_context then
+  return {'ok', int(granted), int(prompt_total), int(completion_tokens), expired, context_count, length,
+    length > 0 and chat.last or ''}
+end
+local context = {}
+if context_count > 0 then
+  context = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', context_count)
 end
 return {'ok', int(granted), int(prompt_total), int(completion_tokens), expired, context}

@@ -66,7 +66,7 @@ if context_in_step then
   -- Newest first: the reply, then the user message.
   redis.call('LPUSH', context_key, user_tokens, reply_tokens)
   redis.call('LTRIM', context_key, 0, CONTEXT_TOKENS_KEPT - 1)
-  redis.call('HSET', meta, 'ctxlen', int(chat.ctxlen + 2))
+  redis.call('HSET', meta, 'ctxlen', int(chat.ctxlen + 2), 'last', reply_id)
 end
 if record_key then
   redis.call('SET', record_key, 'd|' .. fingerprint .. '|' .. reply_id, 'PX', record_ttl_ms)

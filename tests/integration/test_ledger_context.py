@@ -8,6 +8,7 @@ it) must give the same context and price as the stream itself.
 from __future__ import annotations
 
 from ledger import ConfigRecord, Ledger, RedisClient, Reservation
+from ledger.context import ContextCache
 from ledger.limits import CONTEXT_TOKENS_KEPT
 from tests.integration.helpers import reserve, settle
 
@@ -47,6 +48,20 @@ class TestContextList:
             "1", "4", "1", "3", "1", "2", "1", "1",
         ]  # fmt: skip
 
+    async def test_a_list_without_its_newest_id_is_rebuilt(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
+    ) -> None:
+        """A list in step by length but without the stream's newest id (`last`) is not trusted: the
+        reserve rebuilds it and names the newest id, which checks what the worker reads."""
+        chat = await ledger.create_chat(config, 10_000_000)
+        await _history(ledger, config, chat.chat_id, 3)
+        await redis_client.hdel(ledger.keys.chat_meta(chat.chat_id), "last")
+        fresh = Ledger(redis_client, ledger.keys)
+        assert [m.content for m in (await _context(fresh, config, chat.chat_id)).context] == [
+            "q0", "a0", "q1", "a1", "q2", "a2",
+        ]  # fmt: skip
+        assert await redis_client.hget(ledger.keys.chat_meta(chat.chat_id), "last") is not None
+
     async def test_a_message_the_list_missed_is_priced(
         self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
     ) -> None:
@@ -78,3 +93,73 @@ class TestContextList:
         # Whole exchanges from the third on, each n+1 + 1 tokens.
         assert held.context[0].content == "q1"
         assert held.prompt_milli == (1 + sum(n + 1 + 1 for n in range(1, exchanges))) * 1000
+
+
+async def _newest(ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6) -> list[str]:
+    return [m.content for m in (await _context(ledger, config, chat_id, count)).context]
+
+
+class TestContextCache:
+    """A worker keeps its chats' newest messages and reads only what is new (ledger/context.py); what
+    a reserve sees must not depend on it."""
+
+    async def test_messages_other_workers_add_are_seen(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
+    ) -> None:
+        """Two workers take turns on a chat: each context is the stream's newest messages, the same
+        as a worker with nothing cached reads."""
+        other = Ledger(redis_client, ledger.keys)
+        chat = await ledger.create_chat(config, 10**12)
+        for n in range(12):
+            worker = (ledger, other)[n % 2]
+            await _history(worker, config, chat.chat_id, 1 + n % 3)
+            fresh = Ledger(redis_client, ledger.keys)
+            expected = await _newest(fresh, config, chat.chat_id, count=5)
+            assert await _newest(ledger, config, chat.chat_id, count=5) == expected
+            assert await _newest(other, config, chat.chat_id, count=5) == expected
+
+    async def test_a_bigger_context_than_cached_is_read_whole(
+        self, ledger: Ledger, config: ConfigRecord
+    ) -> None:
+        """A cache of the newest 2 messages cannot make the newest 6: those are read again."""
+        chat = await ledger.create_chat(config, 10**12)
+        await _history(ledger, config, chat.chat_id, 4)
+        assert await _newest(ledger, config, chat.chat_id, count=2) == ["q3", "a3"]
+        await _history(ledger, config, chat.chat_id, 1)
+        assert await _newest(ledger, config, chat.chat_id, count=6) == ["q2", "a2", "q3", "a3", "q0", "a0"]
+
+    async def test_a_recreated_history_is_read_again(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
+    ) -> None:
+        """A history that is not the one cached (emptied and written again, as after a data loss) fails
+        the check and is read whole: no cached message leaks into the context."""
+        chat = await ledger.create_chat(config, 10**12)
+        await _history(ledger, config, chat.chat_id, 3)
+        assert await _newest(ledger, config, chat.chat_id) == ["q0", "a0", "q1", "a1", "q2", "a2"]
+        keys = ledger.keys
+        await redis_client.delete(keys.chat_messages(chat.chat_id), keys.chat_context_tokens(chat.chat_id))
+        await redis_client.hdel(keys.chat_meta(chat.chat_id), "ctxlen", "last")
+        other = Ledger(redis_client, keys)
+        for n in range(2):
+            held = await reserve(other, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
+            await settle(other, held, charge_milli=1, user=f"new q{n}", reply=f"new a{n}")
+        expected = ["new q0", "new a0", "new q1", "new a1"]
+        assert await _newest(ledger, config, chat.chat_id) == expected
+        assert await _newest(ledger, config, chat.chat_id) == expected
+
+
+class TestContextCacheBounds:
+    def test_least_recently_used_chats_go_first(self) -> None:
+        """Beyond its bound in chats or in characters, the cache drops the chats used longest ago."""
+        cache = ContextCache(chats_max=2, chars_max=10)
+        entry: list[list[object]] = [["1-0", ["u", "1", "c", "abcd", "t", "1", "m", "0", "f", ""]]]
+        longer: list[list[object]] = [["2-0", ["u", "1", "c", "x" * 9, "t", "1", "m", "0", "f", ""]]]
+        for chat in ("a", "b"):
+            cache.remember(chat, entry, length=1, count=5)
+        cache.plan("a", "msgs", 5)
+        cache.remember("a", entry, length=1, count=5)
+        cache.remember("c", entry, length=1, count=5)
+        assert [cache.plan(chat, "msgs", 5).base is not None for chat in "abc"] == [True, False, True]
+        cache.remember("d", longer, length=1, count=5)
+        # 4 + 9 characters pass the bound of 10: only the newest chat stays.
+        assert [cache.plan(chat, "msgs", 5).base is not None for chat in "acd"] == [False, False, True]

@@ -1,0 +1,124 @@
+"""Each worker's copy of its chats' newest messages, so a reserve reads only what is new (issue 6).
+
+A chat's history is append-only: an entry never changes and is never removed. A worker that read a
+chat's newest messages once therefore needs only the ones added since: the reserve's transaction reads
+`XREVRANGE msgs + (<newest cached id> COUNT n` instead of the whole context (20 messages by default), and
+the cached messages fill the rest. On a busy chat that is a message pair or two instead of twenty, for
+Redis to send and for the worker to parse and decode.
+
+The reserve script returns the stream's length and newest id, which check every merge: the new entries
+must be exactly what the stream grew by, and end at its newest entry. A cache that fails the check (a
+stream recreated after a data loss, say) is dropped and the context read again, anchored at that newest
+id, so the result is always what a whole read in the transaction would have given. A worker's cache
+holds no state that matters: losing it costs one whole read.
+
+Bounded in chats and in characters of content; the least recently used chats go first.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from ledger.history import decode_entry
+from ledger.limits import CONTEXT_CACHE_CHARS_MAX, CONTEXT_CACHE_CHATS_MAX
+from ledger.multiplex import Command
+from ledger.results import StoredMessage
+
+# The id below every stream id: `(0-0` reads a whole stream.
+_BEFORE_ALL = "0-0"
+
+
+class _Cached:
+    """A chat's newest messages as of a stream length, newest first."""
+
+    __slots__ = ("chars", "length", "messages", "newest_id")
+
+    def __init__(self, newest_id: str, length: int, messages: list[StoredMessage], chars: int) -> None:
+        self.newest_id = newest_id
+        self.length = length
+        self.messages = messages
+        self.chars = chars
+
+    def covers(self, count: int) -> bool:
+        """Whether these messages and the ones added since make the newest `count`."""
+        return len(self.messages) >= count or len(self.messages) == self.length
+
+
+class ContextPlan:
+    """The read a reserve sends in its transaction, and the cached messages it extends (if any)."""
+
+    __slots__ = ("base", "command")
+
+    def __init__(self, command: Command, base: _Cached | None) -> None:
+        self.command = command
+        self.base = base
+
+
+class ContextCache:
+    def __init__(self, chats_max: int = CONTEXT_CACHE_CHATS_MAX, chars_max: int = CONTEXT_CACHE_CHARS_MAX):
+        self._chats: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
+        self._chats_max = chats_max
+        self._chars_max = chars_max
+        self._chars = 0
+
+    def plan(self, chat_id: str, messages_key: str, count: int) -> ContextPlan:
+        """The read for the newest `count` messages: only the new ones when the cache has the rest."""
+        base = self._chats.get(chat_id)
+        if base is None or not base.covers(count):
+            return ContextPlan(("XREVRANGE", messages_key, "+", "-", "COUNT", count), None)
+        return ContextPlan(("XREVRANGE", messages_key, "+", f"({base.newest_id}", "COUNT", count), base)
+
+    def merge(
+        self, chat_id: str, plan: ContextPlan, entries: list[list[object]], *, length: int, newest_id: str,
+        count: int,
+    ) -> list[StoredMessage] | None:  # fmt: skip
+        """The newest `count` messages, newest first, from the plan's read (`entries`) and the stream's
+        length and newest id at that moment; None when they do not agree (read again, anchored)."""
+        base = plan.base
+        head = str(entries[0][0]) if entries else (base.newest_id if base else _BEFORE_ALL)
+        if (length and head != newest_id) or (not length and entries):
+            self.forget(chat_id)
+            return None
+        fresh = [decode_entry(entry) for entry in entries]
+        if base is None:
+            messages = fresh[:count]
+            chars = _chars(messages)
+        else:
+            grown = length - base.length
+            if not (grown == len(fresh) or (len(fresh) == count and grown >= count)):
+                self.forget(chat_id)
+                return None
+            messages = (fresh + base.messages)[:count]
+            # Counted from the few new and dropped messages, not the whole context again.
+            dropped = base.messages[max(count - len(fresh), 0) :]
+            chars = base.chars + _chars(fresh[:count]) - _chars(dropped)
+        self.store(chat_id, _Cached(head, length, messages, chars))
+        return messages
+
+    def store(self, chat_id: str, cached: _Cached) -> None:
+        old = self._chats.pop(chat_id, None)
+        if old is not None:
+            self._chars -= old.chars
+        self._chats[chat_id] = cached
+        self._chars += cached.chars
+        while self._chats and (len(self._chats) > self._chats_max or self._chars > self._chars_max):
+            _chat_id, evicted = self._chats.popitem(last=False)
+            self._chars -= evicted.chars
+
+    def remember(
+        self, chat_id: str, entries: list[list[object]], *, length: int, count: int
+    ) -> list[StoredMessage]:
+        """A whole read's newest `count` messages (newest first), cached."""
+        messages = [decode_entry(entry) for entry in entries][:count]
+        newest_id = str(entries[0][0]) if entries else _BEFORE_ALL
+        self.store(chat_id, _Cached(newest_id, length, messages, _chars(messages)))
+        return messages
+
+    def forget(self, chat_id: str) -> None:
+        old = self._chats.pop(chat_id, None)
+        if old is not None:
+            self._chars -= old.chars
+
+
+def _chars(messages: list[StoredMessage]) -> int:
+    return sum(len(message.content) for message in messages)
