@@ -26,6 +26,11 @@ def _checked_uuid(value: str) -> str:
     return value
 
 
+# The suffixes of the exchange scripts' keys after the chat's tag, in their KEYS order: meta, messages,
+# deadlines, reservations, journal, context tokens (the one-key methods of Keyspace, in that order).
+_EXCHANGE_KEY_SUFFIXES = (":meta", ":msgs", ":res", ":resv", ":journal", ":ctx")
+
+
 class Keyspace:
     """Key names under one prefix, so several deployments can share a Redis."""
 
@@ -71,15 +76,10 @@ class Keyspace:
         return f"{self.chat_tag(chat_id)}:idem:{key_digest}"
 
     def chat_keys(self, chat_id: str) -> list[str]:
-        """The keys of the exchange scripts (reserve, settle, void), in their KEYS order."""
-        return [
-            self.chat_meta(chat_id),
-            self.chat_messages(chat_id),
-            self.chat_deadlines(chat_id),
-            self.chat_reservations(chat_id),
-            self.chat_journal(chat_id),
-            self.chat_context_tokens(chat_id),
-        ]
+        """The keys of the exchange scripts (reserve, settle, void), in their KEYS order. Built for
+        every message, so the chat id is checked once (the one-key methods above each check it)."""
+        tag = self.chat_tag(chat_id)
+        return [tag + suffix for suffix in _EXCHANGE_KEY_SUFFIXES]
 
     # --- one config (tenant) ----------------------------------------------------------------------
     def config_tag(self, config_id: str) -> str:

@@ -41,6 +41,18 @@ class TestChatKeys:
         assert len(keys) == len(set(keys)) == 7
         assert len(slots(keys)) == 1
 
+    def test_chat_keys_are_the_one_key_names_in_script_order(self) -> None:
+        """chat_keys (built in one go for speed) names exactly what the one-key methods name."""
+        keyspace = Keyspace("cl")
+        assert keyspace.chat_keys(CHAT_ID) == [
+            keyspace.chat_meta(CHAT_ID),
+            keyspace.chat_messages(CHAT_ID),
+            keyspace.chat_deadlines(CHAT_ID),
+            keyspace.chat_reservations(CHAT_ID),
+            keyspace.chat_journal(CHAT_ID),
+            keyspace.chat_context_tokens(CHAT_ID),
+        ]
+
     def test_different_chats_use_their_own_tag(self) -> None:
         """The slot follows the chat id, not the prefix, so chats spread over the cluster."""
         keyspace = Keyspace("cl")
