@@ -19,6 +19,7 @@ import msgspec
 
 import ledger
 from bench.baseline import TRIVIAL_SCRIPT
+from bench.redis_stats import cpu_seconds
 
 QUESTION = "How does the token budget of this chat work, and what does a message cost?"
 REPLY = (
@@ -34,6 +35,8 @@ HISTORY_MESSAGES, HISTORY_TOKENS = 20, 4000
 class PairsResult(msgspec.Struct, frozen=True, kw_only=True):
     pairs: int
     seconds: float
+    # Redis's CPU time (user + system) during the timed pairs.
+    redis_cpu_s: float
 
     @property
     def rate(self) -> float:
@@ -86,10 +89,13 @@ async def ledger_pairs(
 
         await asyncio.gather(*(run(chat_id, warmup_pairs, 0.0) for chat_id in chats))
         done = 0
+        cpu_before = await cpu_seconds(client)
         started = time.perf_counter()
         deadline = started + seconds
         await asyncio.gather(*(run(chat_id, max_pairs // concurrency, deadline) for chat_id in chats))
-        return PairsResult(pairs=done, seconds=time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        cpu_s = await cpu_seconds(client) - cpu_before
+        return PairsResult(pairs=done, seconds=elapsed, redis_cpu_s=cpu_s)
     finally:
         await client.aclose()
 

@@ -34,6 +34,8 @@ class LoadResult(msgspec.Struct, frozen=True, kw_only=True):
     # Socket errors and answers other than 2xx: a run with any is reported as such.
     errors: int
     generator: str
+    # Redis's CPU time (user + system) during the run, filled in by the runner.
+    redis_cpu_s: float = 0.0
 
     @property
     def rate(self) -> float:

@@ -83,6 +83,12 @@ async def monitor_round_trips(port: int, action: Callable[[], Awaitable[None]]) 
     return fold_monitor([ln for ln in lines if f" {marker_client}]" not in ln])
 
 
+async def cpu_seconds(client: ledger.RedisClient) -> float:
+    """Redis's CPU time so far, user and system: what a phase cost Redis, whatever else ran."""
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def used_memory(client: ledger.RedisClient) -> int:
     info = await client.info("memory")
     return int(info["used_memory"])

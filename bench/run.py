@@ -125,7 +125,7 @@ class Bench:
             targets = {"chatledger": port, "redis-py": bare_py_port, "pipelined": bare_pipe_port}
             for _round in range(self.options.rounds):
                 for name, target_port in targets.items():
-                    result = await self._load(target_port, api_key, chats)
+                    result = await self._load(client, target_port, api_key, chats)
                     self.http.add(f"{name}/{workers}", result)
             if workers == 1:
                 await self._round_trips(server, port, tenants, config, chats[0])
@@ -136,11 +136,16 @@ class Bench:
         self.rows.sort(key=lambda row: row.order)
         await self._ledger(server)
 
-    async def _load(self, port: int, api_key: str, chats: Sequence[str]) -> load.LoadResult:
-        """A warm-up (discarded), then the measured run."""
+    async def _load(
+        self, client: ledger.RedisClient, port: int, api_key: str, chats: Sequence[str]
+    ) -> load.LoadResult:
+        """A warm-up (discarded), then the measured run, with the Redis CPU time it took."""
         if self.options.warmup_seconds > 0:
             await self._generate(port, api_key, chats, self.options.warmup_seconds)
-        return await self._generate(port, api_key, chats, self.options.seconds)
+        cpu_before = await redis_stats.cpu_seconds(client)
+        result = await self._generate(port, api_key, chats, self.options.seconds)
+        cpu_s = await redis_stats.cpu_seconds(client) - cpu_before
+        return msgspec.structs.replace(result, redis_cpu_s=cpu_s)
 
     async def _generate(
         self, port: int, api_key: str, chats: Sequence[str], seconds: float
@@ -296,17 +301,24 @@ class Bench:
         if not ledger_bench.redis_benchmark_available():
             raise BenchError("redis-benchmark not found: apt-get install redis-tools")
         sha = await ledger_bench.load_trivial_script(server.url)
-        evalsha = await asyncio.to_thread(
-            ledger_bench.redis_benchmark_evalsha, server.port, sha, requests=o.benchmark_requests
-        )
+        client = ledger.connect(server.url)
+        try:
+            cpu_before = await redis_stats.cpu_seconds(client)
+            evalsha = await asyncio.to_thread(
+                ledger_bench.redis_benchmark_evalsha, server.port, sha, requests=o.benchmark_requests
+            )
+            evalsha_cpu_us = 1e6 * (await redis_stats.cpu_seconds(client) - cpu_before) / o.benchmark_requests
+        finally:
+            await client.aclose()
+        pair_cpu_us = 1e6 * pairs.redis_cpu_s / pairs.pairs if pairs.pairs else 0.0
         self.rows.append(
             Row(
                 order=40,
                 figure=f"Ledger alone: reserve+settle pairs/s (Python client, {o.ledger_concurrency} chats "
                 "at once, 20-message context)",
-                ours=f"{pairs.rate:,.0f} pairs/s",
+                ours=f"{pairs.rate:,.0f} pairs/s, Redis CPU {pair_cpu_us:.0f} µs/pair",
                 baseline=f"redis-benchmark EVALSHA of `return 1`, 50 clients: {evalsha:,.0f}/s, "
-                f"so {evalsha / 2:,.0f} pairs/s",
+                f"so {evalsha / 2:,.0f} pairs/s; Redis CPU {evalsha_cpu_us:.1f} µs/call",
                 ratio=pairs.rate / (evalsha / 2) if evalsha else 0.0,
                 target="≥ 0.40",
             )
@@ -315,7 +327,11 @@ class Bench:
 
 def _http_figure(result: load.LoadResult) -> str:
     errors = f", {result.errors} errors" if result.errors else ""
-    return f"{result.rate:,.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms{errors}"
+    redis_us = 1e6 * result.redis_cpu_s / result.requests if result.requests else 0.0
+    return (
+        f"{result.rate:,.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+        f"Redis CPU {redis_us:.0f} µs/req{errors}"
+    )
 
 
 def _page_figure(times: history_bench.PageTimes) -> str:
