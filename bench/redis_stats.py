@@ -13,7 +13,7 @@ import asyncio
 import collections
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
@@ -52,8 +52,11 @@ def fold_monitor(lines: list[str]) -> RoundTrips:
     return RoundTrips(round_trips=round_trips, commands=dict(commands))
 
 
-async def monitor_round_trips(port: int, action: Callable[[], Awaitable[None]]) -> RoundTrips:
-    """The round trips Redis served from other clients while `action` ran."""
+async def monitor_round_trips(
+    port: int, action: Callable[[], Awaitable[None]], *, ignore: Sequence[str] = ()
+) -> RoundTrips:
+    """The round trips Redis served from other clients while `action` ran; lines containing any of
+    `ignore` are left out (a baseline server's straggler from the run before)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines: list[str] = []
     try:
@@ -80,7 +83,8 @@ async def monitor_round_trips(port: int, action: Callable[[], Awaitable[None]]) 
         writer.close()
         await writer.wait_closed()
     # The marker's connection may have said CLIENT SETINFO and the like before its ECHO: not the action's.
-    return fold_monitor([ln for ln in lines if f" {marker_client}]" not in ln])
+    kept = [ln for ln in lines if f" {marker_client}]" not in ln and not any(x in ln for x in ignore)]
+    return fold_monitor(kept)
 
 
 async def cpu_seconds(client: ledger.RedisClient) -> float:
