@@ -113,10 +113,6 @@ class Ledger:
         await self.scripts.load_all()
 
     @wrap_redis_errors
-    async def ping(self) -> bool:
-        return bool(await self.redis.ping())
-
-    @wrap_redis_errors
     async def ready(self) -> bool:
         """Redis answers and holds every script; a Redis restarted empty is made ready again here, since
         loading the scripts is what a first request would do anyway.

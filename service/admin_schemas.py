@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import msgspec
 
 import ledger
-from service.schemas import ChatOut, config_out, iso_utc
+from service.schemas import ChatOut, chat_out, config_out, iso_utc
 
 Short = Annotated[str, msgspec.Meta(max_length=256)]
 Text = Annotated[str, msgspec.Meta(max_length=16_000)]
@@ -176,14 +176,9 @@ def admin_config(config: ledger.ConfigRecord) -> AdminConfig:
 
 
 def admin_chat(chat: ledger.ChatState) -> AdminChat:
+    """The public Chat object's fields (one mapping, service/schemas.py), plus the ledger's figures."""
     return AdminChat(
-        chat_id=chat.chat_id,
-        created_at=iso_utc(chat.created_ms),
-        agent_name=chat.agent_name,
-        creator_company_name=chat.company_name,
-        token_limit=ledger.from_milli(chat.limit_milli),
-        token_used=ledger.from_milli(chat.used_milli),
-        deleted=chat.deleted,
+        **msgspec.structs.asdict(chat_out(chat)),
         config_id=chat.config_id,
         token_reserved=ledger.from_milli(chat.reserved_milli),
         deleted_at=iso_utc(chat.deleted_ms) if chat.deleted else None,

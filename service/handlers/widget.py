@@ -31,7 +31,7 @@ from service.errors import ApiError
 from service.handlers.common import json_response
 from service.openapi import Doc, documented
 from service.requests import checked_content, decode_body, decode_query, history_query, idempotency_key
-from service.schemas import HistoryPageQuery, MessageOut, Page, message_out
+from service.schemas import HistoryPageQuery, MessageOut, Page, config_out, message_out
 from service.streaming import stream_reply
 from service.widget import Asset, Widget
 
@@ -63,6 +63,9 @@ class WidgetConfig(msgspec.Struct):
     start_page_slogan: str
     token_limit: float
     max_content_chars: int
+
+
+_BRANDING = frozenset(WidgetConfig.__struct_fields__) - {"token_limit", "max_content_chars"}
 
 
 class WidgetChat(msgspec.Struct):
@@ -157,16 +160,8 @@ async def widget_config(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     return json_response(
         WidgetConfig(
-            agent_name=config.agent_name,
-            company_name=config.company_name,
-            primary_color=config.primary_color,
-            header_text=config.header_text,
-            logo_url=config.logo_url,
-            welcome_message=config.welcome_message,
-            chat_first_page_description=config.chat_first_page_description,
-            is_full_width=config.is_full_width,
-            start_page_title=config.start_page_title,
-            start_page_slogan=config.start_page_slogan,
+            # The public Config object's branding (one mapping: config_out), without its ids and dates.
+            **{k: v for k, v in msgspec.structs.asdict(config_out(config)).items() if k in _BRANDING},
             token_limit=settings.widget_token_limit,
             max_content_chars=settings.max_content_chars,
         )
