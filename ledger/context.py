@@ -43,6 +43,17 @@ class _Cached:
         """Whether these messages and the ones added since make the newest `count`."""
         return len(self.messages) >= count or len(self.messages) == self.length
 
+    def price(self, count_max: int, tokens_max: int) -> tuple[int, int]:
+        """The context reserve.lua would choose from these messages: (its tokens, its message count),
+        the newest messages that fit both bounds, stopping at the first that does not."""
+        tokens = count = 0
+        for message in self.messages[:count_max]:
+            if tokens + message.tokens > tokens_max:
+                break
+            tokens += message.tokens
+            count += 1
+        return tokens, count
+
 
 class ContextPlan:
     """The read a reserve sends in its transaction, and the cached messages it extends (if any)."""
@@ -113,6 +124,27 @@ class ContextCache:
         newest_id = str(entries[0][0]) if entries else _BEFORE_ALL
         self.store(chat_id, _Cached(newest_id, length, messages, _chars(messages)))
         return messages
+
+    def extend(
+        self, chat_id: str, pair: list[StoredMessage], *, previous_id: str, newest_id: str, length: int
+    ) -> None:
+        """Add a settled pair (newest first, the newest's stream id `newest_id`) when the cache ended
+        exactly where it was appended (`previous_id`, '' for an empty chat, and the stream `length`
+        after it, from settle.lua), so
+        the worker's next reserve of the chat finds its cache current. Anything else leaves the
+        cache as it is: the next reserve reads what is new."""
+        cached = self._chats.get(chat_id)
+        if cached is None or cached.length + len(pair) != length:
+            return
+        if cached.newest_id != (previous_id or _BEFORE_ALL):
+            return
+        messages = pair + cached.messages
+        # A window of the newest messages keeps its size; a whole short chat keeps all of it.
+        if len(cached.messages) < cached.length:
+            messages = messages[: len(cached.messages)]
+        dropped = (pair + cached.messages)[len(messages) :]
+        chars = cached.chars + _chars(pair) - _chars(dropped)
+        self.store(chat_id, _Cached(newest_id, length, messages, chars))
 
     def forget(self, chat_id: str) -> None:
         old = self._chats.pop(chat_id, None)

@@ -330,9 +330,20 @@ class Ledger:
         if idempotency:
             keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
             extra = [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
-        # With a multiplexer the context is read natively in the script's transaction (issue 6);
-        # without one (a cluster, the embedded Redis) the script returns it.
+        # With a multiplexer the worker keeps each chat's newest messages (ledger/context.py): when it
+        # has them it prices the context itself and the script checks they are still the newest;
+        # when it has not, it reads them natively in the script's transaction. Without a multiplexer
+        # (a cluster, the embedded Redis) the script returns the context (issue 6).
         read_apart = self.scripts.multiplexer is not None and history_count_max > 0
+        plan = self.contexts.plan(chat_id, keys[1], history_count_max) if read_apart else None
+        known: list[str | int] = ["", "", ""]
+        mode = "1"
+        if plan is not None and plan.base is not None:
+            mode = "2"
+            tokens, count = plan.base.price(history_count_max, history_tokens_max)
+            known = [plan.base.newest_id, tokens, count]
+        elif plan is not None:
+            mode = "0"
         args = [
             config.config_id,
             reservation_id,
@@ -344,11 +355,13 @@ class Ledger:
             history_count_max,
             self.limits.reservation_ttl_ms,
             self.limits.reservation_retention_ms,
-            "0" if read_apart else "1",
+            mode,
+            *known,
             *extra,
         ]
-        if read_apart:
-            plan = self.contexts.plan(chat_id, keys[1], history_count_max)
+        recent: list[list[object]] = []
+        if mode == "0":
+            assert plan is not None
             reply, recent = await self.scripts.call_then_read(
                 "reserve", keys=keys, args=args, read=plan.command
             )
@@ -364,7 +377,9 @@ class Ledger:
             )
         if status != "ok":
             _raise_status(status)
-        if read_apart:
+        if plan is not None:
+            if mode == "2":
+                recent = reply[8]
             newest = await self._newest_messages(chat_id, keys[1], plan, recent, reply, history_count_max)
             context = newest[: int(reply[5])]
         else:
@@ -449,20 +464,31 @@ class Ledger:
         charged, shortfall = int(reply[1]), int(reply[2])
         user_entry, reply_entry = str(reply[3]), str(reply[4])
         final_flags = flags + ("s" if shortfall else "")
+        user_message = make_message(
+            user_entry, is_user=True, content=user_content, tokens=user_tokens, charged_milli=0, flags=""
+        )
+        ai_message = make_message(
+            reply_entry,
+            is_user=False,
+            content=reply_content,
+            tokens=reply_tokens,
+            charged_milli=charged,
+            flags=final_flags,
+        )
+        if self.scripts.multiplexer is not None:
+            # This worker's next reserve of the chat then needs no read (ledger/context.py).
+            self.contexts.extend(
+                chat_id,
+                [ai_message, user_message],
+                previous_id=str(reply[8]),
+                newest_id=reply_entry,
+                length=int(reply[9]),
+            )
         return Settlement(
             charged_milli=charged,
             shortfall_milli=shortfall,
-            user_message=make_message(
-                user_entry, is_user=True, content=user_content, tokens=user_tokens, charged_milli=0, flags=""
-            ),
-            ai_message=make_message(
-                reply_entry,
-                is_user=False,
-                content=reply_content,
-                tokens=reply_tokens,
-                charged_milli=charged,
-                flags=final_flags,
-            ),
+            user_message=user_message,
+            ai_message=ai_message,
             limit_milli=int(reply[5]),
             used_milli=int(reply[6]),
             reserved_milli=int(reply[7]),

@@ -9,10 +9,16 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Amounts stay below 2^53 (ledger/limits.py), so Lua doubles hold them exactly; '%.0f' writes them
--- without an exponent, which Redis's own number-to-argument conversion does not promise.
+-- Amounts stay below 2^53 (ledger/limits.py), so Lua doubles hold them exactly, and '%d' (a C long
+-- here) writes them without an exponent, which Redis's own number-to-argument conversion ('%.17g')
+-- does not promise. '%d' rather than '%.0f': glibc formats a double with multi-precision arithmetic,
+-- several times slower, and a message formats a dozen amounts (issue 6). Zero, the commonest
+-- journal delta, is not formatted at all.
 local function int(n)
-  return string.format('%.0f', n)
+  if n == 0 then
+    return '0'
+  end
+  return string.format('%d', n)
 end
 
 -- Reservation states in the reservations hash: an open hold stores its granted milli-tokens as digits;

@@ -10,14 +10,21 @@
 -- ARGV[7] history_tokens_max: the context budget for history, in tokens
 -- ARGV[8] history_count_max: most history messages to consider
 -- ARGV[9] ttl_ms: the hold's deadline from now   ARGV[10] retention_ms of resolved records
--- ARGV[11] '1': reply with the context entries; '0': reply with their count only, the caller reading
---          them in the same transaction (XREVRANGE after this script in MULTI/EXEC, issue 6)
--- ARGV[12] the request's fingerprint   ARGV[13] idempotency_ttl_ms (both only with KEYS[7])
+-- ARGV[11] how the caller gets the context (issue 6): '1' the reply carries the context entries;
+--          '0' the reply carries their count only, the caller reading them in the same transaction
+--          (XREVRANGE after this script in MULTI/EXEC); '2' the caller holds the chat's messages up to
+--          ARGV[12] and priced their context at ARGV[13] tokens in ARGV[14] messages: when ARGV[12] is
+--          still the newest message that pricing is used as it is, else the chat is priced here and
+--          the reply carries the entries newer than ARGV[12] (ledger/context.py)
+-- ARGV[12] the caller's newest message id   ARGV[13] its context tokens   ARGV[14] its context count
+--          (all three '' unless ARGV[11] is '2')
+-- ARGV[15] the request's fingerprint   ARGV[16] idempotency_ttl_ms (both only with KEYS[7])
 -- Clock: Redis TIME only.
 -- Reply: {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context}
 --        where context is a list of stream entries {id, {field, value, ...}}, newest first, or (ARGV[11]
---        '0') how many of the newest entries it is, followed by the stream's length and newest id (''
---        when empty), which let the caller check what it read (ledger/context.py);
+--        '0' or '2') how many of the newest entries it is, followed by the stream's length and newest
+--        id ('' when empty), which let the caller check what it read (ledger/context.py), and with '2'
+--        the entries newer than ARGV[12] (none when it is still the newest). Amounts are integers.
 --        {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
 --        {'deleted'}; {'replay', entry} (the key's exchange completed: its saved reply);
 --        {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
@@ -34,9 +41,10 @@ local history_tokens_max = tonumber(ARGV[7])
 local history_count_max = tonumber(ARGV[8])
 local ttl_ms = tonumber(ARGV[9])
 local retention_ms = tonumber(ARGV[10])
-local inline_context = ARGV[11] == '1'
-local fingerprint = ARGV[12]
-local record_ttl_ms = ARGV[13]
+local context_mode = ARGV[11]
+local known_id = ARGV[12]
+local fingerprint = ARGV[15]
+local record_ttl_ms = ARGV[16]
 
 local chat = load_chat(meta)
 if not chat or chat.config ~= config_id then
@@ -116,8 +124,18 @@ end
 local context_count = 0
 local history_tokens = 0
 local length = 0
+-- The caller's own pricing stands when the messages it priced are still the newest (the stream's
+-- newest id and length are those settle last recorded), within the bounds asked for.
+local caller_current = false
 if history_count_max > 0 then
   length = redis.call('XLEN', msgs)
+  if context_mode == '2' and known_id == chat.last and chat.ctxlen == length then
+    history_tokens, context_count = tonumber(ARGV[13]), tonumber(ARGV[14])
+    caller_current = context_count <= history_count_max and history_tokens <= history_tokens_max
+  end
+end
+if history_count_max > 0 and not caller_current then
+  history_tokens, context_count = 0, 0
   for i, tokens in ipairs(newest_token_counts(history_count_max, length)) do
     tokens = tonumber(tokens)
     if i > history_count_max or history_tokens + tokens > history_tokens_max then
@@ -133,7 +151,7 @@ local prompt_total = prompt_milli + history_tokens * prompt_weight_milli
 -- The spec's 402 rule (api.md Part B 8): the prompt and at least one reply token must be payable.
 local needed = prompt_total + completion_weight_milli
 if available < needed then
-  return {'insufficient', int(available), int(needed), int(chat.limit), int(chat.used)}
+  return {'insufficient', available, needed, chat.limit, chat.used}
 end
 
 -- Grant what the reply may cost, capped by what the chat can pay: the upstream's max_tokens comes from
@@ -153,12 +171,17 @@ journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
 if record_key then
   redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', record_ttl_ms)
 end
-if not inline_context then
-  return {'ok', int(granted), int(prompt_total), int(completion_tokens), expired, context_count, length,
-    length > 0 and chat.last or ''}
+-- Integers in the reply (Redis converts a Lua number to one exactly below 2^53): no formatting here.
+if context_mode == '1' then
+  local context = {}
+  if context_count > 0 then
+    context = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', context_count)
+  end
+  return {'ok', granted, prompt_total, completion_tokens, expired, context}
 end
-local context = {}
-if context_count > 0 then
-  context = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', context_count)
+local newest = length > 0 and chat.last or ''
+local newer = {}
+if context_mode == '2' and not caller_current and length > 0 then
+  newer = redis.call('XREVRANGE', msgs, '+', '(' .. known_id, 'COUNT', history_count_max)
 end
-return {'ok', int(granted), int(prompt_total), int(completion_tokens), expired, context}
+return {'ok', granted, prompt_total, completion_tokens, expired, context_count, length, newest, newer}

@@ -11,7 +11,10 @@
 -- ARGV[8] retention_ms of the resolved record
 -- ARGV[9] the request's fingerprint   ARGV[10] idempotency_ttl_ms (both only with KEYS[7])
 -- Clock: Redis TIME only (stream ids and the retention).
--- Reply: {'ok', charged_milli, shortfall_milli, user_entry_id, reply_entry_id, limit, used, reserved};
+-- Reply: {'ok', charged_milli, shortfall_milli, user_entry_id, reply_entry_id, limit, used, reserved,
+--        previous_id, length} where previous_id is the newest message before this pair ('' when the
+--        chat had none, or its context list is not kept) and length the stream's length after it, so a
+--        worker whose context cache ended at previous_id can add the pair (ledger/context.py);
 --        {'not_found'}; {'deleted'} (the hold is voided); or a reservation status from open_amount.
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local context_key = KEYS[6]
@@ -50,26 +53,32 @@ if shortfall > 0 then
   redis.call('HINCRBY', meta, 'clamped', int(shortfall))
 end
 chat.used = chat.used + charged
-redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved))
 resolve(deadlines, reservations, reservation_id, SETTLED, now, retention_ms)
 journal(journal_key, 'settle', reservation_id, charged, -granted, 0, shortfall)
 
--- The context list prices the next reserve's history without reading messages (reserve.lua); it
--- follows the stream only if it was in step with it, else the next reserve rebuilds it.
-local context_in_step = chat.ctxlen ~= nil and chat.ctxlen == redis.call('XLEN', msgs)
 -- Both entries carry the same fields so the stream's listpacks store the field names once.
 local user_id = redis.call('XADD', msgs, '*',
   'u', '1', 'c', user_content, 't', user_tokens, 'm', '0', 'f', '')
 local reply_id = redis.call('XADD', msgs, '*',
   'u', '0', 'c', reply_content, 't', reply_tokens, 'm', int(charged), 'f', flags)
-if context_in_step then
+-- The context list prices the next reserve's history without reading messages (reserve.lua), and
+-- ctxlen and last record the stream it follows. Settle is the only writer of the stream, so it follows
+-- it whenever the chat has one (every chat created since the list exists); should anything else
+-- append, reserve finds the recorded length wrong and rebuilds the list.
+local previous_id, length = '', 0
+if chat.ctxlen ~= nil then
   -- Newest first: the reply, then the user message.
   redis.call('LPUSH', context_key, user_tokens, reply_tokens)
   redis.call('LTRIM', context_key, 0, CONTEXT_TOKENS_KEPT - 1)
-  redis.call('HSET', meta, 'ctxlen', int(chat.ctxlen + 2), 'last', reply_id)
+  previous_id, length = chat.last or '', chat.ctxlen + 2
+  redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved),
+    'ctxlen', int(length), 'last', reply_id)
+else
+  redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved))
 end
 if record_key then
   redis.call('SET', record_key, 'd|' .. fingerprint .. '|' .. reply_id, 'PX', record_ttl_ms)
 end
-return {'ok', int(charged), int(shortfall), user_id, reply_id,
-  int(chat.limit), int(chat.used), int(chat.reserved)}
+-- Integers in the reply (Redis converts a Lua number to one exactly below 2^53): no formatting here.
+return {'ok', charged, shortfall, user_id, reply_id, chat.limit, chat.used, chat.reserved, previous_id,
+  length}

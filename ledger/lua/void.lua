@@ -20,4 +20,4 @@ chat.reserved = chat.reserved - granted
 redis.call('HSET', meta, 'reserved', int(chat.reserved))
 resolve(deadlines, reservations, reservation_id, VOIDED, now, retention_ms)
 journal(journal_key, 'void', reservation_id, 0, -granted, 0, 0)
-return {'ok', int(granted)}
+return {'ok', granted}

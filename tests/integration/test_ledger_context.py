@@ -7,7 +7,10 @@ it) must give the same context and price as the stream itself.
 
 from __future__ import annotations
 
-from ledger import ConfigRecord, Ledger, RedisClient, Reservation
+import pytest
+from redis.asyncio import Redis
+
+from ledger import ConfigRecord, Keyspace, Ledger, RedisClient, Reservation, TenantStore
 from ledger.context import ContextCache
 from ledger.limits import CONTEXT_TOKENS_KEPT
 from tests.integration.helpers import reserve, settle
@@ -146,6 +149,81 @@ class TestContextCache:
         expected = ["new q0", "new a0", "new q1", "new a1"]
         assert await _newest(ledger, config, chat.chat_id) == expected
         assert await _newest(ledger, config, chat.chat_id) == expected
+
+
+@pytest.mark.redis
+class TestCurrentCache:
+    """A worker's own settle adds the pair to its cache, so its next reserve of the chat prices the
+    context itself and sends no read; the script checks that the cache is still the newest."""
+
+    async def test_a_current_cache_sends_one_script_call_and_no_read(
+        self, real_redis: Redis, keyspace: Keyspace
+    ) -> None:
+        """Counted by Redis itself (INFO commandstats), on a real redis-server: the multiplexer that
+        makes the cache worth having exists for single-node TCP clients only."""
+        ledger = Ledger(real_redis, keyspace)
+        config = await TenantStore(real_redis, keyspace).create_config(agent_name="A", company_name="C")
+        chat = await ledger.create_chat(config, 10**12)
+        await _history(ledger, config, chat.chat_id, 3)
+        await _newest(ledger, config, chat.chat_id)
+        await _history(ledger, config, chat.chat_id, 1)
+        before = await real_redis.info("commandstats")
+        held = await reserve(
+            ledger, config, chat.chat_id, prompt_tokens=1, history_tokens_max=10_000, history_count_max=6
+        )
+        after = await real_redis.info("commandstats")
+
+        def calls(name: str) -> int:
+            return int(after.get(f"cmdstat_{name}", {}).get("calls", 0)) - int(
+                before.get(f"cmdstat_{name}", {}).get("calls", 0)
+            )
+
+        assert (calls("evalsha"), calls("multi"), calls("xrevrange")) == (1, 0, 0)
+        assert [m.content for m in held.context] == ["q1", "a1", "q2", "a2", "q0", "a0"]
+        fresh = Ledger(real_redis, keyspace)
+        await ledger.void(held)
+        expected = await _context(fresh, config, chat.chat_id)
+        assert held.prompt_milli == expected.prompt_milli == (1 + 2 + 1 + 3 + 1 + 1 + 1) * 1000
+
+    async def test_the_cache_prices_as_the_script_does(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
+    ) -> None:
+        """Under every token and count bound (the newest messages that fit, stopping at the first that
+        does not), a worker pricing its cache and a worker with nothing cached agree."""
+        chat = await ledger.create_chat(config, 10**12)
+        await _history(ledger, config, chat.chat_id, 6)
+        for tokens_max in (0, 1, 2, 5, 9, 10, 30, 10_000):
+            for count_max in (1, 2, 5, 12, 40):
+                await _history(ledger, config, chat.chat_id, 1)
+                fresh = Ledger(redis_client, ledger.keys)
+                seen = []
+                for worker in (ledger, fresh, ledger):
+                    held = await reserve(
+                        worker,
+                        config,
+                        chat.chat_id,
+                        prompt_tokens=1,
+                        history_tokens_max=tokens_max,
+                        history_count_max=count_max,
+                    )
+                    await worker.void(held)
+                    seen.append(([m.content for m in held.context], held.prompt_milli))
+                assert seen[0] == seen[1] == seen[2], (tokens_max, count_max)
+
+    async def test_a_pair_another_worker_added_is_not_taken_for_current(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
+    ) -> None:
+        """Another worker's settle moves the chat past this worker's cache: its pricing is refused,
+        the script prices the chat and sends the new pair, and the context includes it."""
+        other = Ledger(redis_client, ledger.keys)
+        chat = await ledger.create_chat(config, 10**12)
+        await _history(ledger, config, chat.chat_id, 2)
+        assert await _newest(ledger, config, chat.chat_id, count=4) == ["q0", "a0", "q1", "a1"]
+        held = await reserve(other, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
+        await settle(other, held, charge_milli=1, user="other q", reply="other a", user_tokens=50)
+        held = await _context(ledger, config, chat.chat_id, count=4)
+        assert [m.content for m in held.context] == ["q1", "a1", "other q", "other a"]
+        assert held.prompt_milli == (1 + 2 + 1 + 50 + 1) * 1000
 
 
 class TestContextCacheBounds:
