@@ -26,6 +26,9 @@ HISTORY_SKIP_CHUNK = 500
 # a reserve prices the context without reading the messages into Lua (issue 6). A context of more
 # messages than this (CHATLEDGER_HISTORY_MESSAGES) is priced from the stream itself, more slowly.
 CONTEXT_TOKENS_KEPT = 128
+# The list may grow this far past CONTEXT_TOKENS_KEPT before settle trims it back, so a message does
+# not pay for a trim every time.
+CONTEXT_TOKENS_SLACK = 32
 
 # A worker's cache of its chats' newest messages (ledger/context.py): at most this many chats and this
 # many characters of content (a few tens of MB at most), least recently used first out.

@@ -73,10 +73,6 @@ end
 if chat.deleted then
   return {'deleted'}
 end
-if redis.call('HEXISTS', reservations, reservation_id) == 1 then
-  return redis.error_reply('reserve: reservation id already in use')
-end
-
 -- The tokens of a stream entry, as settle stored them.
 local function entry_tokens(entry)
   local fields = entry[2]
@@ -163,9 +159,13 @@ if completion_weight_milli > 0 then
 end
 local granted = prompt_total + completion_tokens * completion_weight_milli
 
+-- The hold's record first: a reservation id in use (random 128-bit ids never collide, so a caller's
+-- bug) must leave everything as it was.
+if redis.call('HSETNX', reservations, reservation_id, int(granted)) == 0 then
+  return redis.error_reply('reserve: reservation id already in use')
+end
 chat.reserved = chat.reserved + granted
 redis.call('HSET', meta, 'reserved', int(chat.reserved))
-redis.call('HSET', reservations, reservation_id, int(granted))
 redis.call('ZADD', deadlines, int(now + ttl_ms), reservation_id)
 journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
 if record_key then

@@ -67,9 +67,12 @@ local reply_id = redis.call('XADD', msgs, '*',
 -- append, reserve finds the recorded length wrong and rebuilds the list.
 local previous_id, length = '', 0
 if chat.ctxlen ~= nil then
-  -- Newest first: the reply, then the user message.
-  redis.call('LPUSH', context_key, user_tokens, reply_tokens)
-  redis.call('LTRIM', context_key, 0, CONTEXT_TOKENS_KEPT - 1)
+  -- Newest first: the reply, then the user message. Trimmed back to CONTEXT_TOKENS_KEPT once it
+  -- holds CONTEXT_TOKENS_SLACK more, not on every message (one call less per message).
+  local kept = redis.call('LPUSH', context_key, user_tokens, reply_tokens)
+  if kept > CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK then
+    redis.call('LTRIM', context_key, 0, CONTEXT_TOKENS_KEPT - 1)
+  end
   previous_id, length = chat.last or '', chat.ctxlen + 2
   redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved),
     'ctxlen', int(length), 'last', reply_id)

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from ledger import ConfigRecord, Keyspace, Ledger, RedisClient, Reservation, TenantStore
 from ledger.context import ContextCache
-from ledger.limits import CONTEXT_TOKENS_KEPT
+from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK
 from tests.integration.helpers import reserve, settle
 
 
@@ -96,6 +96,23 @@ class TestContextList:
         # Whole exchanges from the third on, each n+1 + 1 tokens.
         assert held.context[0].content == "q1"
         assert held.prompt_milli == (1 + sum(n + 1 + 1 for n in range(1, exchanges))) * 1000
+
+    async def test_the_list_stays_bounded(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
+    ) -> None:
+        """Settle trims the list back to CONTEXT_TOKENS_KEPT once it passes the slack, and a context of
+        the whole list is still priced from it correctly."""
+        chat = await ledger.create_chat(config, 10**12)
+        exchanges = (CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK) // 2 + 5
+        await _history(ledger, config, chat.chat_id, exchanges)
+        kept = await redis_client.llen(ledger.keys.chat_context_tokens(chat.chat_id))
+        assert CONTEXT_TOKENS_KEPT <= kept <= CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK
+        assert kept < 2 * exchanges
+        held = await _context(
+            Ledger(redis_client, ledger.keys), config, chat.chat_id, count=CONTEXT_TOKENS_KEPT
+        )
+        newest = range(exchanges - CONTEXT_TOKENS_KEPT // 2, exchanges)
+        assert held.prompt_milli == (1 + sum(n + 1 + 1 for n in newest)) * 1000
 
 
 async def _newest(ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6) -> list[str]:
