@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import re
 from collections.abc import AsyncGenerator
 
@@ -40,6 +41,11 @@ def _tokens(text: str) -> list[re.Match[str]]:
     return list(_TOKEN_RE.finditer(text))
 
 
+def _end_of_token(text: str, count: int) -> int:
+    """Where the `count`th token of `text` ends (1-based; `text` has at least `count` tokens)."""
+    return next(itertools.islice(_TOKEN_RE.finditer(text), count - 1, None)).end()
+
+
 @functools.lru_cache(maxsize=_COUNTS_CACHED)
 def _cached_count(text: str) -> int:
     return len(_TOKEN_RE.findall(text))
@@ -54,12 +60,19 @@ class OfflineModel:
         return len(_TOKEN_RE.findall(text))
 
     async def complete(self, request: CompletionRequest) -> Completion:
-        reply, tokens, kept = self._reply_tokens(request)
+        """The reply cut after its last token that fits max_tokens, as `_reply_tokens` cuts it, from
+        counts alone: no match objects unless the reply is cut (issue 6)."""
+        reply = self.reply_text(request)
+        total = self.count_tokens(reply)
+        kept = min(total, max(request.max_tokens, 0))
+        # Every character but whitespace is part of a token, so a whole reply's last token ends
+        # where its trailing whitespace starts.
+        content = reply.rstrip() if kept == total else reply[: _end_of_token(reply, kept)] if kept else ""
         return Completion(
-            content=reply[: kept[-1].end()] if kept else "",
+            content=content,
             prompt_tokens=estimate_prompt_tokens(request, self.count_tokens),
-            completion_tokens=len(kept),
-            truncated=len(kept) < len(tokens),
+            completion_tokens=kept,
+            truncated=kept < total,
         )
 
     async def open_stream(self, request: CompletionRequest) -> ReplyStream:
@@ -89,14 +102,16 @@ class OfflineModel:
 
     def reply_text(self, request: CompletionRequest) -> str:
         """A reply that depends only on the request: the same prompt always gets the same answer."""
-        words = _tokens(request.user_content)
-        quoted = (
-            request.user_content[: words[_QUOTE_TOKENS - 1].end()] if len(words) >= _QUOTE_TOKENS else None
+        content = request.user_content
+        words = self.count_tokens(content)
+        quote = (
+            content[: _end_of_token(content, _QUOTE_TOKENS)] + " …"
+            if words >= _QUOTE_TOKENS
+            else content.strip()
         )
-        quote = (quoted + " …") if quoted is not None else request.user_content.strip()
         earlier = len(request.context)
         return (
-            f"{NOT_AN_LLM} You wrote {len(words)} tokens: “{quote}”. "
+            f"{NOT_AN_LLM} You wrote {words} tokens: “{quote}”. "
             f"I see {earlier} earlier message{'s' if earlier != 1 else ''} in this chat. "
             "Point chatledger at a real model to get real answers."
         )
