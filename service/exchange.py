@@ -243,7 +243,7 @@ class Exchange:
             self._metrics.upstream_errors.labels(self._provider.name, "error").inc()
             raise
         finally:
-            self._metrics.upstream_latency.labels(self._provider.name).observe(time.perf_counter() - started)
+            self._metrics.observe_upstream(self._provider.name, time.perf_counter() - started)
 
 
 def charge_milli(config: ledger.ConfigRecord, completion: Completion) -> int:

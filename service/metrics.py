@@ -9,6 +9,7 @@ there and /metrics on any worker answers the sum over all of them.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -66,9 +67,34 @@ class Metrics:
             "chatledger_redis_script_duration_seconds", "Ledger script latency.", ["script"],
             buckets=_REDIS_BUCKETS_S, registry=r,
         )  # fmt: skip
+        # The labelled children each request touches, found once: `labels()` takes a lock and
+        # validates its values on every call (issue 6). A child is the same object for the metric's
+        # life, since nothing here removes labels; the keys are as bounded as the label values.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._script_children: dict[str, Any] = {}
+        self._upstream_children: dict[str, Any] = {}
+
+    def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count an answered request and time it."""
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(method, route, str(status)), self.latency.labels(method, route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_script(self, name: str, seconds: float) -> None:
-        self.script_latency.labels(name).observe(seconds)
+        child = self._script_children.get(name)
+        if child is None:
+            child = self._script_children[name] = self.script_latency.labels(name)
+        child.observe(seconds)
+
+    def observe_upstream(self, provider: str, seconds: float) -> None:
+        child = self._upstream_children.get(provider)
+        if child is None:
+            child = self._upstream_children[provider] = self.upstream_latency.labels(provider)
+        child.observe(seconds)
 
     def reserved(self, reservation: ledger.Reservation) -> None:
         self.tokens_reserved.inc(ledger.from_milli(reservation.granted_milli))

@@ -3,9 +3,9 @@ that stamps every response, streamed ones included, with its request id and CORS
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 
 import structlog
 from aiohttp import web
@@ -36,7 +36,8 @@ def _route_label(request: web.Request) -> str:
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Give the request an id and log one `request` event (and its metrics) at its end."""
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    request_id = incoming if _INCOMING_ID_RE.fullmatch(incoming) else uuid.uuid4().hex
+    # 32 random hex digits, as uuid4().hex was, for a quarter of its cost (issue 6).
+    request_id = incoming if incoming and _INCOMING_ID_RE.fullmatch(incoming) else os.urandom(16).hex()
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -48,10 +49,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
     finally:
         elapsed = time.perf_counter() - started
-        route = _route_label(request)
-        metrics = request.app[METRICS]
-        metrics.requests.labels(request.method, route, str(status)).inc()
-        metrics.latency.labels(request.method, route).observe(elapsed)
+        request.app[METRICS].request_done(request.method, _route_label(request), status, elapsed)
         log.info(
             "request",
             method=request.method,
@@ -63,8 +61,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 def _allowed_origin(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
+    if origin is None:
+        return None
     allowed = request.app[SETTINGS].cors_origin_list
-    if origin is None or not allowed:
+    if not allowed:
         return None
     return origin if "*" in allowed or origin in allowed else None
 

@@ -7,6 +7,7 @@ are the conventional `REDIS_URL` and `REDIS_CLUSTER_URL`. Values are parsed by m
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -80,7 +81,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def cors_origin_list(self) -> frozenset[str]:
-        return frozenset(origin.strip() for origin in self.cors_origins.split(",") if origin.strip())
+        return _origin_list(self.cors_origins)
 
     @property
     def embedded(self) -> bool:
@@ -94,6 +95,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """The base path without a trailing slash: '' or '/some/path'."""
         stripped = self.base_path.strip().rstrip("/")
         return "" if not stripped else "/" + stripped.lstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def _origin_list(cors_origins: str) -> frozenset[str]:
+    """The origins of CHATLEDGER_CORS_ORIGINS, parsed once: a browser's request reads them twice."""
+    return frozenset(origin.strip() for origin in cors_origins.split(",") if origin.strip())
 
 
 def env_name(field: str) -> str:
