@@ -80,7 +80,7 @@ def estimate_prompt_tokens(request: CompletionRequest, count_tokens: TokenCounte
     """The prompt's tokens by the service's own counter: every part the model is sent."""
     return (
         count_tokens(request.system_prompt)
-        + sum(count_tokens(turn.content) for turn in request.context)
+        + sum(map(count_tokens, [turn.content for turn in request.context]))
         + count_tokens(request.user_content)
     )
 

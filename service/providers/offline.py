@@ -26,6 +26,9 @@ from service.providers import (
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 # Words of the user's message quoted back in a reply: enough to show it was read, bounded in size.
 _QUOTE_TOKENS = 12
+# The message's first _QUOTE_TOKENS tokens in one match (possessive, so a word is never split into
+# several tokens to make up the count): the end of the quote without a Python loop over matches.
+_QUOTE_RE = re.compile(rf"(?:\s*+(?:\w++|[^\w\s])){{{_QUOTE_TOKENS}}}")
 
 NOT_AN_LLM = "(chatledger offline model, not an LLM)"
 
@@ -104,11 +107,8 @@ class OfflineModel:
         """A reply that depends only on the request: the same prompt always gets the same answer."""
         content = request.user_content
         words = self.count_tokens(content)
-        quote = (
-            content[: _end_of_token(content, _QUOTE_TOKENS)] + " …"
-            if words >= _QUOTE_TOKENS
-            else content.strip()
-        )
+        quoted = _QUOTE_RE.match(content) if words >= _QUOTE_TOKENS else None
+        quote = content[: quoted.end()] + " …" if quoted is not None else content.strip()
         earlier = len(request.context)
         return (
             f"{NOT_AN_LLM} You wrote {words} tokens: “{quote}”. "
