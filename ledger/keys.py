@@ -28,7 +28,7 @@ def _checked_uuid(value: str) -> str:
 
 # The suffixes of the exchange scripts' keys after the chat's tag, in their KEYS order: meta, messages,
 # deadlines, reservations, journal, context tokens (the one-key methods of Keyspace, in that order).
-_EXCHANGE_KEY_SUFFIXES = (":meta", ":msgs", ":res", ":resv", ":journal", ":ctx")
+_EXCHANGE_KEY_SUFFIXES = (":meta", ":msgs", ":res", ":resv", ":journal", ":tok")
 
 
 class Keyspace:
@@ -65,9 +65,10 @@ class Keyspace:
         return f"{self.chat_tag(chat_id)}:journal"
 
     def chat_context_tokens(self, chat_id: str) -> str:
-        """List: the token counts of the newest messages, newest first (at most CONTEXT_TOKENS_KEPT),
-        kept by settle; the meta field `ctxlen` is the stream length it was last in step with."""
-        return f"{self.chat_tag(chat_id)}:ctx"
+        """String: the token counts of the newest messages, 4 bytes each, oldest first (about
+        CONTEXT_TOKENS_KEPT of them; `pack_count` in ledger/lua/_prelude.lua), kept by settle; the meta
+        field `ctxlen` is the stream length they were last in step with."""
+        return f"{self.chat_tag(chat_id)}:tok"
 
     def chat_idempotency(self, chat_id: str, key_digest: str) -> str:
         """String with a TTL: the record of one Idempotency-Key on this chat (design.md section 5)."""

@@ -330,10 +330,10 @@ class Ledger:
         if idempotency:
             keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
             extra = [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
-        # With a multiplexer the worker keeps each chat's newest messages (ledger/context.py): when it
-        # has them it prices the context itself and the script checks they are still the newest;
-        # when it has not, it reads them natively in the script's transaction. Without a multiplexer
-        # (a cluster, the embedded Redis) the script returns the context (issue 6).
+        # With a multiplexer the worker keeps each chat's newest messages (ledger/context.py) and reads
+        # the new ones natively in the script's transaction; when it has them, it also prices the
+        # context itself and the script checks they are still the newest. Without a multiplexer (a
+        # cluster, the embedded Redis) the script returns the context (issue 6).
         read_apart = self.scripts.multiplexer is not None and history_count_max > 0
         plan = self.contexts.plan(chat_id, keys[1], history_count_max) if read_apart else None
         known: list[str | int] = ["", "", ""]
@@ -360,8 +360,7 @@ class Ledger:
             *extra,
         ]
         recent: list[list[object]] = []
-        if mode == "0":
-            assert plan is not None
+        if plan is not None:
             reply, recent = await self.scripts.call_then_read(
                 "reserve", keys=keys, args=args, read=plan.command
             )
@@ -378,8 +377,6 @@ class Ledger:
         if status != "ok":
             _raise_status(status)
         if plan is not None:
-            if mode == "2":
-                recent = reply[8]
             newest = await self._newest_messages(chat_id, keys[1], plan, recent, reply, history_count_max)
             context = newest[: int(reply[5])]
         else:

@@ -26,6 +26,20 @@ end
 -- recognised and changes nothing.
 local SETTLED, VOIDED, EXPIRED = 's', 'v', 'e'
 
+-- A chat's newest token counts are kept packed in one string, 4 bytes (big-endian) a message, oldest
+-- first: settle appends with APPEND, reserve reads the newest with one GETRANGE, and string.byte
+-- reads a count without tonumber's strtod (issue 6). A message's count stays far below 2^32: the
+-- request body is at most 1 MB.
+local function pack_count(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+
+local function unpack_count(packed, at)
+  local b1, b2, b3, b4 = string.byte(packed, at, at + 3)
+  return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
+end
+
 -- Owner and counters of a chat, or nil when it does not exist. `ctxlen` is the stream length the
 -- context list was last in step with (nil for a chat that never had one), and `last` the stream's
 -- newest id at that length.

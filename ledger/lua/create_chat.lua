@@ -36,8 +36,8 @@ redis.call('HSET', meta,
   'agent', agent_name, 'company', company_name,
   'expired', '0', 'clamped', '0',
   'limit0', limit_milli, 'fingerprint', fingerprint,
-  -- The context list (empty) is in step with the stream (empty): settle keeps it from the first message,
-  -- so it exists whenever messages do (a script's keys must exist on a node importing the slot).
+  -- The token counts (none) are in step with the stream (empty): settle keeps them from the first message,
+  -- so they exist whenever messages do (a script's keys must exist on a node importing the slot).
   'ctxlen', '0')
 journal(journal_key, 'create', '', 0, 0, limit_milli, 0)
 return {'ok'}

@@ -1,6 +1,6 @@
 -- reserve: hold enough of a chat's budget for one exchange, and price the history the model needs.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
--- KEYS[5] journal stream   KEYS[6] context token list   KEYS[7] (optional) the Idempotency-Key's record
+-- KEYS[5] journal stream   KEYS[6] packed token counts   KEYS[7] (optional) the Idempotency-Key's record
 -- ARGV[1] caller's config id (a chat of another config reads as not found)
 -- ARGV[2] reservation id (fresh per request)
 -- ARGV[3] prompt_milli: the priced prompt parts the worker knows (system prompt and the new message)
@@ -12,10 +12,11 @@
 -- ARGV[9] ttl_ms: the hold's deadline from now   ARGV[10] retention_ms of resolved records
 -- ARGV[11] how the caller gets the context (issue 6): '1' the reply carries the context entries;
 --          '0' the reply carries their count only, the caller reading them in the same transaction
---          (XREVRANGE after this script in MULTI/EXEC); '2' the caller holds the chat's messages up to
---          ARGV[12] and priced their context at ARGV[13] tokens in ARGV[14] messages: when ARGV[12] is
---          still the newest message that pricing is used as it is, else the chat is priced here and
---          the reply carries the entries newer than ARGV[12] (ledger/context.py)
+--          (XREVRANGE after this script in MULTI/EXEC); '2' as '0', and the caller holds the chat's
+--          messages up to ARGV[12] and priced their context at ARGV[13] tokens in ARGV[14] messages:
+--          when ARGV[12] is still the newest message that pricing is used as it is (pricing 20 counts
+--          in Lua costs Redis more than the rest of the script), else the chat is priced here
+--          (ledger/context.py)
 -- ARGV[12] the caller's newest message id   ARGV[13] its context tokens   ARGV[14] its context count
 --          (all three '' unless ARGV[11] is '2')
 -- ARGV[15] the request's fingerprint   ARGV[16] idempotency_ttl_ms (both only with KEYS[7])
@@ -23,8 +24,8 @@
 -- Reply: {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context}
 --        where context is a list of stream entries {id, {field, value, ...}}, newest first, or (ARGV[11]
 --        '0' or '2') how many of the newest entries it is, followed by the stream's length and newest
---        id ('' when empty), which let the caller check what it read (ledger/context.py), and with '2'
---        the entries newer than ARGV[12] (none when it is still the newest). Amounts are integers.
+--        id ('' when empty), which let the caller check what it read (ledger/context.py). Amounts are
+--        integers.
 --        {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
 --        {'deleted'}; {'replay', entry} (the key's exchange completed: its saved reply);
 --        {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
@@ -84,30 +85,44 @@ local function entry_tokens(entry)
   return 0
 end
 
--- The token counts of the newest `n` messages, newest first. They come from the context list, which
--- settle keeps in step with the stream, so no message is read into Lua. A list out of step (a chat
--- older than the list, or a message appended by a worker that did not keep it) is rebuilt here from
--- the stream, once; a context longer than the list is priced from the stream every time. Sets
--- chat.last to the stream's newest id.
+-- The token counts of the newest `n` messages, newest first. They come from the packed counts
+-- (pack_count in the prelude), which settle keeps in step with the stream, so no message is read into
+-- Lua and no count goes through tonumber (issue 6). Counts out of step or too few (a chat older than
+-- them, or a message appended by a worker that did not keep them) are rebuilt here from the stream,
+-- once; a context longer than the counts kept is priced from the stream every time. Sets chat.last to
+-- the stream's newest id.
 local function newest_token_counts(n, length)
   local in_step = chat.ctxlen == length and (length == 0 or chat.last ~= nil)
   if in_step and n <= CONTEXT_TOKENS_KEPT then
-    return redis.call('LRANGE', context_key, 0, n - 1)
+    local wanted = math.min(n, length)
+    if wanted == 0 then
+      return {}
+    end
+    local packed = redis.call('GETRANGE', context_key, -4 * wanted, -1)
+    if #packed == 4 * wanted then
+      local counts = {}
+      for i = 1, wanted do
+        counts[i] = unpack_count(packed, 4 * (wanted - i) + 1)
+      end
+      return counts
+    end
+    in_step = false
   end
   local recent = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', math.max(n, CONTEXT_TOKENS_KEPT))
   local counts, kept = {}, {}
   for i, entry in ipairs(recent) do
     counts[i] = entry_tokens(entry)
     if i <= CONTEXT_TOKENS_KEPT then
-      kept[i] = counts[i]
+      -- Oldest first, as settle appends them.
+      kept[CONTEXT_TOKENS_KEPT + 1 - i] = pack_count(counts[i])
     end
   end
   if in_step then
     return counts
   end
-  redis.call('DEL', context_key)
-  if #kept > 0 then
-    redis.call('RPUSH', context_key, unpack(kept))
+  local first = math.max(CONTEXT_TOKENS_KEPT + 1 - #recent, 1)
+  redis.call('SET', context_key, table.concat(kept, '', first, CONTEXT_TOKENS_KEPT))
+  if #recent > 0 then
     chat.last = recent[1][1]
     redis.call('HSET', meta, 'ctxlen', length, 'last', chat.last)
   else
@@ -133,7 +148,6 @@ end
 if history_count_max > 0 and not caller_current then
   history_tokens, context_count = 0, 0
   for i, tokens in ipairs(newest_token_counts(history_count_max, length)) do
-    tokens = tonumber(tokens)
     if i > history_count_max or history_tokens + tokens > history_tokens_max then
       break
     end
@@ -179,9 +193,5 @@ if context_mode == '1' then
   end
   return {'ok', granted, prompt_total, completion_tokens, expired, context}
 end
-local newest = length > 0 and chat.last or ''
-local newer = {}
-if context_mode == '2' and not caller_current and length > 0 then
-  newer = redis.call('XREVRANGE', msgs, '+', '(' .. known_id, 'COUNT', history_count_max)
-end
-return {'ok', granted, prompt_total, completion_tokens, expired, context_count, length, newest, newer}
+return {'ok', granted, prompt_total, completion_tokens, expired, context_count, length,
+  length > 0 and chat.last or ''}

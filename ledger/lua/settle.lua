@@ -1,7 +1,7 @@
 -- settle: charge an exchange's actual cost, release the rest of its hold, and append the user message
 -- and the reply to the history as one atomic pair.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
--- KEYS[5] journal stream   KEYS[6] context token list (kept in step with the stream when it was)
+-- KEYS[5] journal stream   KEYS[6] packed token counts (kept in step with the stream)
 -- KEYS[7] (optional) the Idempotency-Key's record, marked done here
 -- ARGV[1] reservation id
 -- ARGV[2] charge_milli: prompt and reply tokens times their weights
@@ -13,7 +13,7 @@
 -- Clock: Redis TIME only (stream ids and the retention).
 -- Reply: {'ok', charged_milli, shortfall_milli, user_entry_id, reply_entry_id, limit, used, reserved,
 --        previous_id, length} where previous_id is the newest message before this pair ('' when the
---        chat had none, or its context list is not kept) and length the stream's length after it, so a
+--        chat had none, or its token counts are not kept) and length the stream's length after it, so a
 --        worker whose context cache ended at previous_id can add the pair (ledger/context.py);
 --        {'not_found'}; {'deleted'} (the hold is voided); or a reservation status from open_amount.
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -61,17 +61,18 @@ local user_id = redis.call('XADD', msgs, '*',
   'u', '1', 'c', user_content, 't', user_tokens, 'm', '0', 'f', '')
 local reply_id = redis.call('XADD', msgs, '*',
   'u', '0', 'c', reply_content, 't', reply_tokens, 'm', int(charged), 'f', flags)
--- The context list prices the next reserve's history without reading messages (reserve.lua), and
+-- The packed counts price the next reserve's history without reading messages (reserve.lua), and
 -- ctxlen and last record the stream it follows. Settle is the only writer of the stream, so it follows
--- it whenever the chat has one (every chat created since the list exists); should anything else
--- append, reserve finds the recorded length wrong and rebuilds the list.
+-- it whenever the chat has one (every chat created since the counts exist); should anything else
+-- append, reserve finds the recorded length wrong and rebuilds the counts.
 local previous_id, length = '', 0
 if chat.ctxlen ~= nil then
-  -- Newest first: the reply, then the user message. Trimmed back to CONTEXT_TOKENS_KEPT once it
-  -- holds CONTEXT_TOKENS_SLACK more, not on every message (one call less per message).
-  local kept = redis.call('LPUSH', context_key, user_tokens, reply_tokens)
-  if kept > CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK then
-    redis.call('LTRIM', context_key, 0, CONTEXT_TOKENS_KEPT - 1)
+  -- Oldest first: the user message, then the reply. Trimmed back to CONTEXT_TOKENS_KEPT counts once
+  -- it holds CONTEXT_TOKENS_SLACK more, not on every message (one call less per message).
+  local bytes = redis.call('APPEND', context_key,
+    pack_count(tonumber(user_tokens)) .. pack_count(tonumber(reply_tokens)))
+  if bytes > 4 * (CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK) then
+    redis.call('SET', context_key, redis.call('GETRANGE', context_key, -4 * CONTEXT_TOKENS_KEPT, -1))
   end
   previous_id, length = chat.last or '', chat.ctxlen + 2
   redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved),

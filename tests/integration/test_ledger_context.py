@@ -23,6 +23,13 @@ async def _history(ledger: Ledger, config: ConfigRecord, chat_id: str, exchanges
         await settle(ledger, held, charge_milli=1, user=f"q{n}", reply=f"a{n}", user_tokens=n + 1)
 
 
+async def _kept_counts(redis_client: RedisClient, ledger: Ledger, chat_id: str) -> list[int]:
+    """The packed token counts settle keeps (4 bytes each, big-endian, oldest first)."""
+    packed = await redis_client.execute_command("GETRANGE", ledger.keys.chat_context_tokens(chat_id), 0, -1)
+    raw = packed.encode("latin-1") if isinstance(packed, str) else bytes(packed)
+    return [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4)]
+
+
 async def _context(ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6) -> Reservation:
     held = await reserve(
         ledger, config, chat_id, prompt_tokens=1, history_tokens_max=10_000, history_count_max=count
@@ -47,9 +54,7 @@ class TestContextList:
         for held in (rebuilt, again):
             assert [m.content for m in held.context] == [m.content for m in expected.context]
             assert held.prompt_milli == expected.prompt_milli == (1 + 2 + 1 + 3 + 1 + 4 + 1) * 1000
-        assert await redis_client.lrange(ledger.keys.chat_context_tokens(chat.chat_id), 0, -1) == [
-            "1", "4", "1", "3", "1", "2", "1", "1",
-        ]  # fmt: skip
+        assert await _kept_counts(redis_client, ledger, chat.chat_id) == [1, 1, 2, 1, 3, 1, 4, 1]
 
     async def test_a_list_without_its_newest_id_is_rebuilt(
         self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
@@ -97,6 +102,34 @@ class TestContextList:
         assert held.context[0].content == "q1"
         assert held.prompt_milli == (1 + sum(n + 1 + 1 for n in range(1, exchanges))) * 1000
 
+    async def test_counts_of_every_size_are_kept_exactly(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
+    ) -> None:
+        """Counts that take 1, 2, 3 and 4 bytes of the packed string price the context exactly, from
+        the counts settle kept and from counts rebuilt from the stream."""
+        chat = await ledger.create_chat(config, 10**15)
+        sizes = [0, 255, 256, 65_535, 65_536, 16_777_215, 16_777_216, 2**32 - 1]
+        for n, tokens in enumerate(sizes):
+            held = await reserve(ledger, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
+            await settle(ledger, held, charge_milli=1, user=f"q{n}", reply=f"a{n}", user_tokens=tokens)
+        expected = (1 + sum(tokens + 1 for tokens in sizes)) * 1000
+        count = 2 * len(sizes)
+        for rebuilt in (False, True):
+            if rebuilt:
+                await redis_client.delete(ledger.keys.chat_context_tokens(chat.chat_id))
+            fresh = Ledger(redis_client, ledger.keys)
+            held = await reserve(
+                fresh,
+                config,
+                chat.chat_id,
+                prompt_tokens=1,
+                history_tokens_max=2**40,
+                history_count_max=count,
+            )
+            await fresh.void(held)
+            assert held.prompt_milli == expected
+            assert len(held.context) == count
+
     async def test_the_list_stays_bounded(
         self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
     ) -> None:
@@ -105,7 +138,7 @@ class TestContextList:
         chat = await ledger.create_chat(config, 10**12)
         exchanges = (CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK) // 2 + 5
         await _history(ledger, config, chat.chat_id, exchanges)
-        kept = await redis_client.llen(ledger.keys.chat_context_tokens(chat.chat_id))
+        kept = len(await _kept_counts(redis_client, ledger, chat.chat_id))
         assert CONTEXT_TOKENS_KEPT <= kept <= CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK
         assert kept < 2 * exchanges
         held = await _context(
@@ -171,9 +204,9 @@ class TestContextCache:
 @pytest.mark.redis
 class TestCurrentCache:
     """A worker's own settle adds the pair to its cache, so its next reserve of the chat prices the
-    context itself and sends no read; the script checks that the cache is still the newest."""
+    context itself; the script checks that the cache is still the newest."""
 
-    async def test_a_current_cache_sends_one_script_call_and_no_read(
+    async def test_a_current_cache_prices_the_context_in_the_worker(
         self, real_redis: Redis, keyspace: Keyspace
     ) -> None:
         """Counted by Redis itself (INFO commandstats), on a real redis-server: the multiplexer that
@@ -195,7 +228,8 @@ class TestCurrentCache:
                 before.get(f"cmdstat_{name}", {}).get("calls", 0)
             )
 
-        assert (calls("evalsha"), calls("multi"), calls("xrevrange")) == (1, 0, 0)
+        # The script read no token counts: the worker priced the context from its cache.
+        assert (calls("evalsha"), calls("getrange")) == (1, 0)
         assert [m.content for m in held.context] == ["q1", "a1", "q2", "a2", "q0", "a0"]
         fresh = Ledger(real_redis, keyspace)
         await ledger.void(held)
@@ -231,7 +265,7 @@ class TestCurrentCache:
         self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
     ) -> None:
         """Another worker's settle moves the chat past this worker's cache: its pricing is refused,
-        the script prices the chat and sends the new pair, and the context includes it."""
+        the script prices the chat, the worker reads the new pair, and the context includes it."""
         other = Ledger(redis_client, ledger.keys)
         chat = await ledger.create_chat(config, 10**12)
         await _history(ledger, config, chat.chat_id, 2)
