@@ -8,7 +8,7 @@ from ledger import RedisClient
 from service import handlers, lifecycle
 from service.appkeys import METRICS, PROVIDER, REDIS, SETTINGS
 from service.metrics import Metrics
-from service.middlewares import cors_preflight, render_errors, request_context, stamp_response
+from service.middlewares import render_errors, request_context, stamp_response
 from service.providers import Provider
 from service.routing import mount
 from service.settings import Settings
@@ -20,7 +20,7 @@ def create_app(
     """The application. `redis` and `provider`, when given, are used instead of those the settings
     name, and are not closed by the app (tests own them)."""
     app = web.Application(
-        middlewares=[request_context, cors_preflight, render_errors], client_max_size=settings.max_body_bytes
+        middlewares=[request_context, render_errors], client_max_size=settings.max_body_bytes
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
