@@ -40,11 +40,16 @@ local function unpack_count(packed, at)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
 
+-- The `due` of a chat whose deadlines set is empty: after every deadline (2^53 - 1 ms).
+local NEVER = 9007199254740991
+
 -- Owner and counters of a chat, or nil when it does not exist. `ctxlen` is the stream length the
--- context list was last in step with (nil for a chat that never had one), and `last` the stream's
--- newest id at that length.
+-- token counts were last in step with (nil for a chat that never had them), and `last` the stream's
+-- newest id at that length. `due` is at most the earliest score in the deadlines set (nil when not
+-- known): before it nothing needs reaping.
 local function load_chat(meta_key)
-  local m = redis.call('HMGET', meta_key, 'config', 'limit', 'used', 'reserved', 'deleted', 'ctxlen', 'last')
+  local m = redis.call('HMGET', meta_key, 'config', 'limit', 'used', 'reserved', 'deleted', 'ctxlen', 'last',
+    'due')
   if not m[1] then
     return nil
   end
@@ -57,6 +62,7 @@ local function load_chat(meta_key)
     ctxlen = tonumber(m[6]),
     -- A missing field comes back as false, not nil.
     last = m[7] or nil,
+    due = tonumber(m[8]),
   }
 end
 
@@ -84,8 +90,14 @@ end
 -- Lazy reaping: release open holds whose deadline has passed (their worker died or hung) and forget
 -- resolved reservations past retention. Bounded per call; what is left is reaped by the next call.
 -- Subtracts the released amount from chat.reserved and writes it back, so callers see true figures;
--- each reclaimed hold gets an 'expire' journal entry.
+-- each reclaimed hold gets an 'expire' journal entry. Before the chat's `due` nothing can be due, and
+-- the deadlines set is not read at all: most calls skip it (issue 6). A reserve lowers `due` to its
+-- hold's deadline; a pass here sets it to the earliest score left. Settling or voiding a hold only
+-- raises its score, so `due` stays at most the earliest score (early, at worst: one empty pass).
 local function reap(meta_key, deadlines_key, reservations_key, journal_key, chat, now, retention_ms)
+  if chat.due and now < chat.due then
+    return 0
+  end
   local due = redis.call('ZRANGEBYSCORE', deadlines_key, '-inf', now, 'LIMIT', 0, REAP_BATCH_MAX)
   local released, expired = 0, 0
   for _, id in ipairs(due) do
@@ -101,10 +113,14 @@ local function reap(meta_key, deadlines_key, reservations_key, journal_key, chat
       redis.call('ZREM', deadlines_key, id)
     end
   end
+  local earliest = redis.call('ZRANGE', deadlines_key, 0, 0, 'WITHSCORES')[2]
+  chat.due = tonumber(earliest) or NEVER
   if expired > 0 then
     chat.reserved = chat.reserved - released
-    redis.call('HSET', meta_key, 'reserved', int(chat.reserved))
+    redis.call('HSET', meta_key, 'reserved', int(chat.reserved), 'due', int(chat.due))
     redis.call('HINCRBY', meta_key, 'expired', expired)
+  else
+    redis.call('HSET', meta_key, 'due', int(chat.due))
   end
   return expired
 end

@@ -179,8 +179,14 @@ if redis.call('HSETNX', reservations, reservation_id, int(granted)) == 0 then
   return redis.error_reply('reserve: reservation id already in use')
 end
 chat.reserved = chat.reserved + granted
-redis.call('HSET', meta, 'reserved', int(chat.reserved))
-redis.call('ZADD', deadlines, int(now + ttl_ms), reservation_id)
+local deadline = now + ttl_ms
+if chat.due and chat.due <= deadline then
+  redis.call('HSET', meta, 'reserved', int(chat.reserved))
+else
+  -- This hold is now the earliest deadline: nothing may skip reaping past it (see reap).
+  redis.call('HSET', meta, 'reserved', int(chat.reserved), 'due', int(deadline))
+end
+redis.call('ZADD', deadlines, int(deadline), reservation_id)
 journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
 if record_key then
   redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', record_ttl_ms)
