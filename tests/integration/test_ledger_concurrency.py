@@ -482,6 +482,17 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         assert open_amounts == {rid: hold.reservation.granted_milli for rid, hold in model.holds.items()}
 
+    @invariant()
+    def due_is_never_late(self) -> None:
+        """The meta's `due` (reaping is skipped before it) is at most the earliest deadline or forget
+        time: were it later, a dead worker's hold could outlive its deadline."""
+        if self.config is None:
+            return
+        due = self.run(self.redis.hget(self.keys.chat_meta(self.chat_id), "due"))
+        earliest = self.run(self.redis.zrange(self.keys.chat_deadlines(self.chat_id), 0, 0, withscores=True))
+        if due is not None and earliest:
+            assert int(cast(str, due)) <= float(earliest[0][1]), (due, earliest)
+
 
 class TestLedgerStateMachine:
     def test_model_equals_redis_after_every_step(self, redis_server: RedisServer) -> None:
