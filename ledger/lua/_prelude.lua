@@ -60,8 +60,8 @@ local function load_chat(meta_key)
     reserved = tonumber(m[4]),
     deleted = m[5] == '1',
     ctxlen = tonumber(m[6]),
-    -- A missing field comes back as false, not nil.
-    last = m[7] or nil,
+    -- A missing field comes back as false, not nil; a chat with no message yet has ''.
+    last = m[7] ~= '' and m[7] or nil,
     due = tonumber(m[8]),
   }
 end
