@@ -12,6 +12,11 @@ stream recreated after a data loss, say) is dropped and the context read again, 
 id, so the result is always what a whole read in the transaction would have given. A worker's cache
 holds no state that matters: losing it costs one whole read.
 
+A worker's own settle adds its pair to the cache (settle.lua says where it appended), so the worker's
+next reserve of that chat finds the cache current and sends its own pricing of the context with the
+newest id it holds: reserve.lua uses that pricing only when the id is still the chat's newest and
+otherwise prices the chat itself, which costs Redis far more (a Lua loop over the token counts).
+
 Bounded in chats and in characters of content; the least recently used chats go first.
 """
 

@@ -473,7 +473,7 @@ class Ledger:
             flags=final_flags,
         )
         if self.scripts.multiplexer is not None:
-            # This worker's next reserve of the chat then needs no read (ledger/context.py).
+            # This worker's next reserve of the chat then prices its context itself (ledger/context.py).
             self.contexts.extend(
                 chat_id,
                 [ai_message, user_message],
