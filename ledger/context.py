@@ -143,12 +143,11 @@ class ContextCache:
             return
         if cached.newest_id != (previous_id or _BEFORE_ALL):
             return
-        messages = pair + cached.messages
+        combined = pair + cached.messages
         # A window of the newest messages keeps its size; a whole short chat keeps all of it.
-        if len(cached.messages) < cached.length:
-            messages = messages[: len(cached.messages)]
-        dropped = (pair + cached.messages)[len(messages) :]
-        chars = cached.chars + _chars(pair) - _chars(dropped)
+        kept = len(cached.messages) if len(cached.messages) < cached.length else len(combined)
+        messages = combined[:kept]
+        chars = cached.chars + _chars(pair) - _chars(combined[kept:])
         self.store(chat_id, _Cached(newest_id, length, messages, chars))
 
     def forget(self, chat_id: str) -> None:
