@@ -37,6 +37,7 @@ from ledger.history import HistoryQuery, decode_entries, decode_entry, make_mess
 from ledger.idempotency import IdempotencyKey
 from ledger.keys import Keyspace
 from ledger.limits import AMOUNT_MILLI_MAX, LedgerLimits
+from ledger.packing import pack_counts, pack_numbers
 from ledger.results import (
     ChatPage,
     ChatState,
@@ -326,39 +327,39 @@ class Ledger:
         # 128 random bits as 32 hex digits, like uuid4().hex without the UUID object (a hot path).
         reservation_id = os.urandom(16).hex()
         keys = self.keys.chat_keys(chat_id)
-        extra: list[str | int] = []
+        fingerprint: list[str] = []
         if idempotency:
             keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
-            extra = [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
+            fingerprint = [idempotency.fingerprint]
         # With a multiplexer the worker keeps each chat's newest messages (ledger/context.py) and reads
         # the new ones natively in the script's transaction; when it has them, it also prices the
         # context itself and the script checks they are still the newest. Without a multiplexer (a
         # cluster, the embedded Redis) the script returns the context (issue 6).
         read_apart = self.scripts.multiplexer is not None and history_count_max > 0
         plan = self.contexts.plan(chat_id, keys[1], history_count_max) if read_apart else None
-        known: list[str | int] = ["", "", ""]
+        known_id, known_tokens, known_count = "", 0, 0
         mode = "1"
         if plan is not None and plan.base is not None:
             mode = "2"
-            tokens, count = plan.base.price(history_count_max, history_tokens_max)
-            known = [plan.base.newest_id, tokens, count]
+            known_tokens, known_count = plan.base.price(history_count_max, history_tokens_max)
+            known_id = plan.base.newest_id
         elif plan is not None:
             mode = "0"
-        args = [
-            config.config_id,
-            reservation_id,
+        limits = self.limits
+        numbers = pack_numbers(
             prompt_tokens * config.prompt_weight_milli,
             config.prompt_weight_milli,
             config.completion_weight_milli,
             completion_tokens_max,
             history_tokens_max,
             history_count_max,
-            self.limits.reservation_ttl_ms,
-            self.limits.reservation_retention_ms,
-            mode,
-            *known,
-            *extra,
-        ]
+            limits.reservation_ttl_ms,
+            limits.reservation_retention_ms,
+            known_tokens,
+            known_count,
+            limits.idempotency_ttl_ms,
+        )
+        args: list[str | bytes] = [config.config_id, reservation_id, numbers, mode, known_id, *fingerprint]
         recent: list[list[object]] = []
         if plan is not None:
             reply, recent = await self.scripts.call_then_read(
@@ -437,23 +438,26 @@ class Ledger:
         ReservationError; a chat deleted meanwhile voids the hold and raises ChatDeleted."""
         chat_id = reservation.chat_id
         keys = self.keys.chat_keys(chat_id)
-        extra: list[str | int] = []
+        fingerprint: list[str] = []
         if reservation.idempotency:
             keys.append(self.keys.chat_idempotency(chat_id, reservation.idempotency.digest))
-            extra = [reservation.idempotency.fingerprint, self.limits.idempotency_ttl_ms]
+            fingerprint = [reservation.idempotency.fingerprint]
+        numbers = pack_numbers(
+            charge_milli, self.limits.reservation_retention_ms, self.limits.idempotency_ttl_ms
+        )
         reply = await self.scripts.call(
             "settle",
             keys=keys,
             args=[
                 reservation.reservation_id,
-                charge_milli,
+                numbers,
                 user_content,
                 user_tokens,
                 reply_content,
                 reply_tokens,
                 flags,
-                self.limits.reservation_retention_ms,
-                *extra,
+                pack_counts(user_tokens, reply_tokens),
+                *fingerprint,
             ],
         )
         if reply[0] != "ok":

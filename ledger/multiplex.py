@@ -230,7 +230,7 @@ class Multiplexer:
         return await connection.send(commands)
 
     async def evalsha(
-        self, sha: str, source: str, keys: Sequence[str], args: Sequence[str | int | float]
+        self, sha: str, source: str, keys: Sequence[str], args: Sequence[str | bytes | int | float]
     ) -> Any:
         """EVALSHA, loading the script once if Redis lacks it (a restart, a failover), as redis-py's
         AsyncScript does."""
@@ -245,7 +245,7 @@ class Multiplexer:
         sha: str,
         source: str,
         keys: Sequence[str],
-        args: Sequence[str | int | float],
+        args: Sequence[str | bytes | int | float],
         read: Command,
     ) -> tuple[Any, Any]:
         """EVALSHA, then the command `read`, in one transaction (MULTI ... EXEC, written at once): one

@@ -68,7 +68,9 @@ class Scripts:
         self.history: AsyncScript = redis.register_script(_SOURCES["history"])
         self.rate_limit: AsyncScript = redis.register_script(_SOURCES["rate_limit"])
 
-    async def call(self, name: str, *, keys: Sequence[str], args: Sequence[str | int | float] = ()) -> Any:
+    async def call(
+        self, name: str, *, keys: Sequence[str], args: Sequence[str | bytes | int | float] = ()
+    ) -> Any:
         """Run script `name` and report its latency to `observe` (the service's metrics), if set.
 
         The reply is whatever the script returns: nested lists of str and int, decoded by the caller."""
@@ -83,7 +85,7 @@ class Scripts:
                 self.observe(name, time.perf_counter() - started)
 
     async def call_then_read(
-        self, name: str, *, keys: Sequence[str], args: Sequence[str | int | float], read: Command
+        self, name: str, *, keys: Sequence[str], args: Sequence[str | bytes | int | float], read: Command
     ) -> tuple[Any, Any]:
         """Run script `name`, then the read-only command `read`, in one transaction on the client's
         multiplexer (`multiplexer` must be set): one round trip, and the read sees the state the

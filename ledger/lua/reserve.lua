@@ -3,26 +3,25 @@
 -- KEYS[5] journal stream   KEYS[6] packed token counts   KEYS[7] (optional) the Idempotency-Key's record
 -- ARGV[1] caller's config id (a chat of another config reads as not found)
 -- ARGV[2] reservation id (fresh per request)
--- ARGV[3] prompt_milli: the priced prompt parts the worker knows (system prompt and the new message)
--- ARGV[4] prompt_weight_milli: price of one history token
--- ARGV[5] completion_weight_milli: price of one reply token
--- ARGV[6] completion_tokens_max: most reply tokens wanted
--- ARGV[7] history_tokens_max: the context budget for history, in tokens
--- ARGV[8] history_count_max: most history messages to consider
--- ARGV[9] ttl_ms: the hold's deadline from now   ARGV[10] retention_ms of resolved records
--- ARGV[11] how the caller gets the context (issue 6): '1' the reply carries the context entries;
+-- ARGV[3] the numbers, packed (ledger/packing.py), in this order:
+--   prompt_milli: the priced prompt parts the worker knows (system prompt and the new message);
+--   prompt_weight_milli: price of one history token; completion_weight_milli: price of one reply
+--   token; completion_tokens_max: most reply tokens wanted; history_tokens_max: the context budget for
+--   history, in tokens; history_count_max: most history messages to consider; ttl_ms: the hold's
+--   deadline from now; retention_ms of resolved records; known_tokens and known_count (see ARGV[4]);
+--   record_ttl_ms: the idempotency record's lifetime (with KEYS[7])
+-- ARGV[4] how the caller gets the context (issue 6): '1' the reply carries the context entries;
 --          '0' the reply carries their count only, the caller reading them in the same transaction
 --          (XREVRANGE after this script in MULTI/EXEC); '2' as '0', and the caller holds the chat's
---          messages up to ARGV[12] and priced their context at ARGV[13] tokens in ARGV[14] messages:
---          when ARGV[12] is still the newest message that pricing is used as it is (pricing 20 counts
---          in Lua costs Redis more than the rest of the script), else the chat is priced here
---          (ledger/context.py)
--- ARGV[12] the caller's newest message id   ARGV[13] its context tokens   ARGV[14] its context count
---          (all three '' unless ARGV[11] is '2')
--- ARGV[15] the request's fingerprint   ARGV[16] idempotency_ttl_ms (both only with KEYS[7])
+--          messages up to ARGV[5] and priced their context at known_tokens tokens in known_count
+--          messages: when ARGV[5] is still the newest message that pricing is used as it is (pricing
+--          20 counts in Lua costs Redis more than the rest of the script), else the chat is priced
+--          here (ledger/context.py)
+-- ARGV[5] the caller's newest message id ('' unless ARGV[4] is '2')
+-- ARGV[6] the request's fingerprint (only with KEYS[7])
 -- Clock: Redis TIME only.
 -- Reply: {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context}
---        where context is a list of stream entries {id, {field, value, ...}}, newest first, or (ARGV[11]
+--        where context is a list of stream entries {id, {field, value, ...}}, newest first, or (ARGV[4]
 --        '0' or '2') how many of the newest entries it is, followed by the stream's length and newest
 --        id ('' when empty), which let the caller check what it read (ledger/context.py). Amounts are
 --        integers.
@@ -34,18 +33,12 @@ local context_key = KEYS[6]
 local record_key = KEYS[7]
 local config_id = ARGV[1]
 local reservation_id = ARGV[2]
-local prompt_milli = tonumber(ARGV[3])
-local prompt_weight_milli = tonumber(ARGV[4])
-local completion_weight_milli = tonumber(ARGV[5])
-local completion_tokens_max = tonumber(ARGV[6])
-local history_tokens_max = tonumber(ARGV[7])
-local history_count_max = tonumber(ARGV[8])
-local ttl_ms = tonumber(ARGV[9])
-local retention_ms = tonumber(ARGV[10])
-local context_mode = ARGV[11]
-local known_id = ARGV[12]
-local fingerprint = ARGV[15]
-local record_ttl_ms = ARGV[16]
+local prompt_milli, prompt_weight_milli, completion_weight_milli, completion_tokens_max,
+  history_tokens_max, history_count_max, ttl_ms, retention_ms, known_tokens, known_count, record_ttl_ms =
+  unpack_numbers('>I8I8I8I8I8I8I8I8I8I8I8', ARGV[3])
+local context_mode = ARGV[4]
+local known_id = ARGV[5]
+local fingerprint = ARGV[6]
 
 local chat = load_chat(meta)
 if not chat or chat.config ~= config_id then
@@ -141,7 +134,7 @@ local caller_current = false
 if history_count_max > 0 then
   length = redis.call('XLEN', msgs)
   if context_mode == '2' and known_id == chat.last and chat.ctxlen == length then
-    history_tokens, context_count = tonumber(ARGV[13]), tonumber(ARGV[14])
+    history_tokens, context_count = known_tokens, known_count
     caller_current = context_count <= history_count_max and history_tokens <= history_tokens_max
   end
 end
@@ -189,7 +182,7 @@ end
 redis.call('ZADD', deadlines, int(deadline), reservation_id)
 journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
 if record_key then
-  redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', record_ttl_ms)
+  redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', int(record_ttl_ms))
 end
 -- Integers in the reply (Redis converts a Lua number to one exactly below 2^53): no formatting here.
 if context_mode == '1' then

@@ -4,12 +4,14 @@
 -- KEYS[5] journal stream   KEYS[6] packed token counts (kept in step with the stream)
 -- KEYS[7] (optional) the Idempotency-Key's record, marked done here
 -- ARGV[1] reservation id
--- ARGV[2] charge_milli: prompt and reply tokens times their weights
+-- ARGV[2] the numbers, packed (ledger/packing.py): charge_milli (prompt and reply tokens times their
+--         weights), retention_ms of the resolved record, record_ttl_ms (the idempotency record's
+--         lifetime, with KEYS[7])
 -- ARGV[3] user message content   ARGV[4] its tokens
 -- ARGV[5] reply content          ARGV[6] its tokens
 -- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' on a shortfall)
--- ARGV[8] retention_ms of the resolved record
--- ARGV[9] the request's fingerprint   ARGV[10] idempotency_ttl_ms (both only with KEYS[7])
+-- ARGV[8] the two token counts (ARGV[4], ARGV[6]) packed as pack_count packs them, to append as they are
+-- ARGV[9] the request's fingerprint (only with KEYS[7])
 -- Clock: Redis TIME only (stream ids and the retention).
 -- Reply: {'ok', charged_milli, shortfall_milli, user_entry_id, reply_entry_id, limit, used, reserved,
 --        previous_id, length} where previous_id is the newest message before this pair ('' when the
@@ -20,13 +22,12 @@ local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[
 local context_key = KEYS[6]
 local record_key = KEYS[7]
 local reservation_id = ARGV[1]
-local charge_milli = tonumber(ARGV[2])
+local charge_milli, retention_ms, record_ttl_ms = unpack_numbers('>I8I8I8', ARGV[2])
 local user_content, user_tokens = ARGV[3], ARGV[4]
 local reply_content, reply_tokens = ARGV[5], ARGV[6]
 local flags = ARGV[7]
-local retention_ms = tonumber(ARGV[8])
+local packed_counts = ARGV[8]
 local fingerprint = ARGV[9]
-local record_ttl_ms = ARGV[10]
 
 local chat, granted, now = open_reservation(meta, deadlines, reservations, journal_key, reservation_id,
   retention_ms)
@@ -69,8 +70,7 @@ local previous_id, length = '', 0
 if chat.ctxlen ~= nil then
   -- Oldest first: the user message, then the reply. Trimmed back to CONTEXT_TOKENS_KEPT counts once
   -- it holds CONTEXT_TOKENS_SLACK more, not on every message (one call less per message).
-  local bytes = redis.call('APPEND', context_key,
-    pack_count(tonumber(user_tokens)) .. pack_count(tonumber(reply_tokens)))
+  local bytes = redis.call('APPEND', context_key, packed_counts)
   if bytes > 4 * (CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK) then
     redis.call('SET', context_key, redis.call('GETRANGE', context_key, -4 * CONTEXT_TOKENS_KEPT, -1))
   end
@@ -81,7 +81,7 @@ else
   redis.call('HSET', meta, 'used', int(chat.used), 'reserved', int(chat.reserved))
 end
 if record_key then
-  redis.call('SET', record_key, 'd|' .. fingerprint .. '|' .. reply_id, 'PX', record_ttl_ms)
+  redis.call('SET', record_key, 'd|' .. fingerprint .. '|' .. reply_id, 'PX', int(record_ttl_ms))
 end
 -- Integers in the reply (Redis converts a Lua number to one exactly below 2^53): no formatting here.
 return {'ok', charged, shortfall, user_id, reply_id, chat.limit, chat.used, chat.reserved, previous_id,
