@@ -41,6 +41,25 @@ local function unpack_count(packed, at)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
 
+-- Every count of a packed string, newest first. struct (on a real Redis) reads them in one call,
+-- about a quarter of the instructions of reading each with unpack_count (issue 6: the reserve of a
+-- worker whose cache is behind prices the context from these).
+local function unpack_counts_newest_first(packed)
+  local n = #packed / 4
+  local newest = {}
+  if struct then
+    local oldest = {struct.unpack('>' .. string.rep('I4', n), packed)}
+    for i = 1, n do
+      newest[i] = oldest[n + 1 - i]
+    end
+  else
+    for i = 1, n do
+      newest[i] = unpack_count(packed, 4 * (n - i) + 1)
+    end
+  end
+  return newest
+end
+
 -- The numeric arguments of reserve and settle come packed in one argument, 8 bytes each, big-endian
 -- unsigned (ledger/packing.py): one argument instead of a dozen, and no digits to parse.
 -- Redis's Lua parses a digit string with strtod, twice in tonumber(), which made the arguments of a

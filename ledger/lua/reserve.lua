@@ -93,11 +93,7 @@ local function newest_token_counts(n, length)
     end
     local packed = redis.call('GETRANGE', context_key, -4 * wanted, -1)
     if #packed == 4 * wanted then
-      local counts = {}
-      for i = 1, wanted do
-        counts[i] = unpack_count(packed, 4 * (wanted - i) + 1)
-      end
-      return counts
+      return unpack_counts_newest_first(packed)
     end
     in_step = false
   end

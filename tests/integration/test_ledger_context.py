@@ -89,6 +89,30 @@ class TestContextList:
         assert [m.content for m in held.context] == ["late", "q0", "a0"]
         assert held.prompt_milli == (1 + 7 + 1 + 1) * 1000
 
+    async def test_all_kept_counts_price_newest_first(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
+    ) -> None:
+        """A context of every kept count, cut by the token budget: the script reads the counts in one
+        call (struct on a real Redis) and must take them newest first, stopping at the first that does
+        not fit."""
+        chat = await ledger.create_chat(config, 10**12)
+        await _history(ledger, config, chat.chat_id, CONTEXT_TOKENS_KEPT // 2)
+        # Newest first the counts are 1, 64, 1, 63, ... 1, 1: the budget takes the newest 20.
+        newest = [c for n in reversed(range(CONTEXT_TOKENS_KEPT // 2)) for c in (1, n + 1)]
+        budget = sum(newest[:20])
+        fresh = Ledger(redis_client, ledger.keys)
+        held = await reserve(
+            fresh,
+            config,
+            chat.chat_id,
+            prompt_tokens=1,
+            history_tokens_max=budget,
+            history_count_max=CONTEXT_TOKENS_KEPT,
+        )
+        await fresh.void(held)
+        assert len(held.context) == 20
+        assert held.prompt_milli == (1 + budget) * 1000
+
     async def test_a_context_longer_than_the_list_is_priced_from_the_stream(
         self, ledger: Ledger, config: ConfigRecord
     ) -> None:
