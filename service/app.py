@@ -8,7 +8,7 @@ from ledger import RedisClient
 from service import handlers, lifecycle
 from service.appkeys import METRICS, PROVIDER, REDIS, SETTINGS
 from service.metrics import Metrics
-from service.middlewares import render_errors, request_context, stamp_response
+from service.middlewares import request_context
 from service.providers import Provider
 from service.routing import mount
 from service.settings import Settings
@@ -19,12 +19,9 @@ def create_app(
 ) -> web.Application:
     """The application. `redis` and `provider`, when given, are used instead of those the settings
     name, and are not closed by the app (tests own them)."""
-    app = web.Application(
-        middlewares=[request_context, render_errors], client_max_size=settings.max_body_bytes
-    )
+    app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
-    app.on_response_prepare.append(stamp_response)
     if redis is not None:
         app[REDIS] = redis
     if provider is not None:

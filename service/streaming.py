@@ -23,10 +23,10 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 import ledger
-from service.appkeys import EXCHANGE, REQUEST_ID
+from service.appkeys import EXCHANGE
 from service.errors import response_for
 from service.exchange import ClientGone, Exchanged
-from service.middlewares import REQUEST_ID_HEADER
+from service.middlewares import stamp_response
 from service.schemas import ENCODER, MessageOut, message_out
 
 log = structlog.get_logger(__name__)
@@ -95,7 +95,9 @@ async def stream_reply(
 
 
 async def _start(request: web.Request) -> EventSourceResponse:
-    sse = EventSourceResponse(allow_all_methods=True, headers={REQUEST_ID_HEADER: request[REQUEST_ID]})
+    sse = EventSourceResponse(allow_all_methods=True)
+    # Prepared here, so request_context cannot stamp it when the handler returns.
+    stamp_response(request, sse)
     await sse.prepare(request)
     return sse
 
