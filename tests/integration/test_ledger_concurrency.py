@@ -22,7 +22,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -359,7 +358,6 @@ class LedgerMachine(RuleBasedStateMachine):
         holds = list(self.model.holds.values())
         return holds[pick % len(holds)].reservation
 
-    @precondition(lambda self: bool(self.model.holds))
     @rule(
         pick=st.integers(min_value=0, max_value=1000),
         extra_milli=st.integers(min_value=-50_000, max_value=500_000),
@@ -368,6 +366,8 @@ class LedgerMachine(RuleBasedStateMachine):
     )
     def settle(self, pick: int, extra_milli: int, reply_tokens: int, flags: str) -> None:
         """Settle an open hold, charging anything from less than its grant to far more than the chat has."""
+        if not self.model.holds:
+            return
         reservation = self._open(pick)
         charge = max(0, reservation.granted_milli + extra_milli)
         result = self._call_reaping(
@@ -398,10 +398,11 @@ class LedgerMachine(RuleBasedStateMachine):
             model.reserved,
         )
 
-    @precondition(lambda self: bool(self.model.holds))
     @rule(pick=st.integers(min_value=0, max_value=1000))
     def void(self, pick: int) -> None:
         """Void an open hold: its whole grant is released."""
+        if not self.model.holds:
+            return
         reservation = self._open(pick)
         result = self._call_reaping(self.long.void(reservation))
         if reservation.reservation_id not in self.model.holds:
@@ -411,10 +412,11 @@ class LedgerMachine(RuleBasedStateMachine):
         assert result == reservation.granted_milli
         self.model.resolve(reservation.reservation_id, ReservationAlreadyVoided)
 
-    @precondition(lambda self: bool(self.model.resolved))
     @rule(pick=st.integers(min_value=0, max_value=1000), settle=st.booleans())
     def replay(self, pick: int, settle: bool) -> None:
         """Settling or voiding a resolved reservation again raises the error naming how it ended."""
+        if not self.model.resolved:
+            return
         resolved = list(self.model.resolved.values())
         reservation, replay_error = resolved[pick % len(resolved)]
         operation = (
@@ -432,19 +434,21 @@ class LedgerMachine(RuleBasedStateMachine):
         result = self._call_reaping(operation)
         assert type(result) is replay_error, result
 
-    @precondition(lambda self: self.model.limit - self.model.used - self.model.reserved < 100_000)
     @rule(add_milli=st.integers(min_value=1, max_value=150_000))
     def top_up(self, add_milli: int) -> None:
         """Raise the limit of a chat running low; top-up does not reap."""
         assert self.config is not None
+        if self.model.limit - self.model.used - self.model.reserved >= 100_000:
+            return
         state = self.run(self.long.top_up(self.config.config_id, self.chat_id, add_milli))
         self.model.limit += add_milli
         assert state.limit_milli == self.model.limit
 
-    @precondition(lambda self: any(hold.short for hold in self.model.holds.values()))
     @rule()
     def expire(self) -> None:
         """Let every short hold pass its deadline, then trigger a reap with a void of an unknown id."""
+        if not any(hold.short for hold in self.model.holds.values()):
+            return
         newest = max(hold.issued_after_ms for hold in self.model.holds.values() if hold.short)
         time.sleep(max(0.0, newest + SHORT_TTL_MS + 2 * CLOCK_SLACK_MS - _now_ms()) / 1000)
         unknown = Reservation(
