@@ -29,6 +29,8 @@ def _checked_uuid(value: str) -> str:
 # The suffixes of the exchange scripts' keys after the chat's tag, in their KEYS order: meta, messages,
 # deadlines, reservations, journal, context tokens (the one-key methods of Keyspace, in that order).
 _EXCHANGE_KEY_SUFFIXES = (":meta", ":msgs", ":res", ":resv", ":journal", ":tok")
+# The exchange keys of this many chats are remembered (two script calls a message build them).
+_EXCHANGE_KEYS_CACHED_MAX = 4096
 
 
 class Keyspace:
@@ -38,6 +40,7 @@ class Keyspace:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must be non-empty and free of hash-tag braces")
         self.prefix = prefix
+        self._exchange_keys: dict[str, tuple[str, ...]] = {}
 
     # --- one chat: a single slot -------------------------------------------------------------------
     def chat_tag(self, chat_id: str) -> str:
@@ -77,10 +80,16 @@ class Keyspace:
         return f"{self.chat_tag(chat_id)}:idem:{key_digest}"
 
     def chat_keys(self, chat_id: str) -> list[str]:
-        """The keys of the exchange scripts (reserve, settle, void), in their KEYS order. Built for
-        every message, so the chat id is checked once (the one-key methods above each check it)."""
-        tag = self.chat_tag(chat_id)
-        return [tag + suffix for suffix in _EXCHANGE_KEY_SUFFIXES]
+        """The keys of the exchange scripts (reserve, settle, void), in their KEYS order: a new list
+        the caller may extend. Remembered per chat (a message's reserve and settle both need them,
+        issue 6); forgotten all at once when too many chats were seen, which only costs a rebuild."""
+        keys = self._exchange_keys.get(chat_id)
+        if keys is None:
+            if len(self._exchange_keys) >= _EXCHANGE_KEYS_CACHED_MAX:
+                self._exchange_keys.clear()
+            tag = self.chat_tag(chat_id)
+            keys = self._exchange_keys[chat_id] = tuple(tag + suffix for suffix in _EXCHANGE_KEY_SUFFIXES)
+        return list(keys)
 
     # --- one config (tenant) ----------------------------------------------------------------------
     def config_tag(self, config_id: str) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -115,7 +115,7 @@ class _Connection(asyncio.Protocol):
         if not self._out:
             self._loop.call_soon(self._flush)
         # hiredis's stub types the tuple as one element; it takes any number.
-        self._out.extend(hiredis.pack_command(tuple(command)) for command in commands)  # type: ignore[arg-type]
+        self._out += [hiredis.pack_command(tuple(command)) for command in commands]  # type: ignore[arg-type]
         self._pending.append(_Batch(future, len(commands), time.monotonic()))
         if self._watchdog is None and self._timeout_s is not None:
             self._watchdog = self._loop.call_later(self._timeout_s, self._check_timeout)
@@ -221,12 +221,18 @@ class Multiplexer:
         (reply,) = await self.execute_many([command])
         return raise_error(reply)
 
-    async def execute_many(self, commands: Sequence[Command]) -> list[Any]:
+    def execute_many(self, commands: Sequence[Command]) -> Awaitable[list[Any]]:
         """The replies of `commands`, sent back to back; error replies are returned as hiredis
-        ReplyError values (see `raise_error`), as they are inside a transaction's reply."""
+        ReplyError values (see `raise_error`), as they are inside a transaction's reply. On a live
+        connection this is the send's future itself, not a coroutine around it: one frame less for
+        every call to create and resume (issue 6)."""
         connection = self._connection
-        if connection is None or not connection.usable:
-            connection = await self._connect()
+        if connection is not None and connection.usable:
+            return connection.send(commands)
+        return self._connect_then_send(commands)
+
+    async def _connect_then_send(self, commands: Sequence[Command]) -> list[Any]:
+        connection = await self._connect()
         return await connection.send(commands)
 
     async def evalsha(
@@ -235,7 +241,8 @@ class Multiplexer:
         """EVALSHA, loading the script once if Redis lacks it (a restart, a failover), as redis-py's
         AsyncScript does."""
         try:
-            return await self.execute("EVALSHA", sha, len(keys), *keys, *args)
+            (reply,) = await self.execute_many((("EVALSHA", sha, len(keys), *keys, *args),))
+            return raise_error(reply)
         except redis.exceptions.NoScriptError:
             await self.execute("SCRIPT", "LOAD", source)
             return await self.execute("EVALSHA", sha, len(keys), *keys, *args)

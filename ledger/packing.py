@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import struct
 
-_COUNT = struct.Struct(">I")
+_TWO_COUNTS = struct.Struct(">II")
+# A compiled format per number of numbers (the scripts use two): no format string built per call.
+_NUMBERS: dict[int, struct.Struct] = {}
 
 
 def pack_numbers(*numbers: int) -> bytes:
     """Non-negative integers below 2^53 (exact in Lua's doubles), 8 bytes each."""
-    return struct.pack(f">{len(numbers)}Q", *numbers)
+    packer = _NUMBERS.get(len(numbers))
+    if packer is None:
+        packer = _NUMBERS[len(numbers)] = struct.Struct(f">{len(numbers)}Q")
+    return packer.pack(*numbers)
 
 
-def pack_counts(*counts: int) -> bytes:
-    """Token counts as settle appends them to the chat's packed counts: 4 bytes each, big-endian."""
-    return b"".join(_COUNT.pack(count) for count in counts)
+def pack_counts(first: int, second: int) -> bytes:
+    """Two token counts as settle appends them to the chat's packed counts: 4 bytes each, big-endian."""
+    return _TWO_COUNTS.pack(first, second)
