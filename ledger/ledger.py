@@ -31,6 +31,7 @@ from ledger.errors import (
     ReservationError,
     ReservationExpired,
     ReservationNotFound,
+    store_failure,
     wrap_redis_errors,
 )
 from ledger.history import HistoryQuery, decode_entries, decode_entry, make_message
@@ -306,7 +307,9 @@ class Ledger:
         return ChatPage(items=items, total=int(total)), bool(stale)
 
     # --- the message flow: reserve -> settle | void | expire -------------------------------------------
-    @wrap_redis_errors
+    # reserve and settle, the two calls of every message, are not wrapped in wrap_redis_errors: Scripts
+    # (and the one other Redis read below) raise LedgerUnavailable themselves, which spares every
+    # message two coroutine frames (issue 6).
     async def reserve(
         self,
         config: ConfigRecord,
@@ -415,12 +418,14 @@ class Ledger:
         again: list[list[object]] = []
         if length:
             assert self.scripts.multiplexer is not None, "a context plan needs the multiplexer"
-            again = await self.scripts.multiplexer.execute(
-                "XREVRANGE", messages_key, newest_id, "-", "COUNT", count
-            )
+            try:
+                again = await self.scripts.multiplexer.execute(
+                    "XREVRANGE", messages_key, newest_id, "-", "COUNT", count
+                )
+            except redis.exceptions.RedisError as exc:
+                raise store_failure(exc) from exc
         return self.contexts.remember(chat_id, again, length=length, count=count)
 
-    @wrap_redis_errors
     async def settle(
         self,
         reservation: Reservation,

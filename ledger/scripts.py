@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import Any
 
+import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from ledger.connection import RedisClient, multiplexer_of
+from ledger.errors import store_failure
 from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK, HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
 from ledger.multiplex import Command
 
@@ -73,13 +75,16 @@ class Scripts:
     ) -> Any:
         """Run script `name` and report its latency to `observe` (the service's metrics), if set.
 
-        The reply is whatever the script returns: nested lists of str and int, decoded by the caller."""
+        The reply is whatever the script returns: nested lists of str and int, decoded by the caller.
+        A Redis failure raises LedgerUnavailable."""
         script: AsyncScript = getattr(self, name)
         started = time.perf_counter()
         try:
             if self.multiplexer is not None:
                 return await self.multiplexer.evalsha(script.sha, _SOURCES[name], keys, args)
             return await script(keys=list(keys), args=list(args))
+        except redis.exceptions.RedisError as exc:
+            raise store_failure(exc) from exc
         finally:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - started)
@@ -96,6 +101,8 @@ class Scripts:
         started = time.perf_counter()
         try:
             return await self.multiplexer.evalsha_then(script.sha, _SOURCES[name], keys, args, read)
+        except redis.exceptions.RedisError as exc:
+            raise store_failure(exc) from exc
         finally:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - started)
