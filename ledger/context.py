@@ -95,6 +95,15 @@ class ContextCache:
         if (length and head != newest_id) or (not length and entries):
             self.forget(chat_id)
             return None
+        if base is not None and not entries and length == base.length:
+            # Nothing new (the worker's own settle was the last): the cached messages as they are,
+            # kept as the chat's entry unless something newer replaced it meanwhile.
+            current = self._chats.get(chat_id)
+            if current is base:
+                self._chats.move_to_end(chat_id)
+            elif current is None:
+                self.store(chat_id, base)
+            return base.messages[:count]
         fresh = [decode_entry(entry) for entry in entries]
         if base is None:
             messages = fresh[:count]

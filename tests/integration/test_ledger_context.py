@@ -316,3 +316,21 @@ class TestContextCacheBounds:
         cache.remember("d", longer, length=1, count=5)
         # 4 + 9 characters pass the bound of 10: only the newest chat stays.
         assert [cache.plan(chat, "msgs", 5).base is not None for chat in "acd"] == [False, False, True]
+
+    def test_a_merge_with_nothing_new_keeps_the_chat_recent(self) -> None:
+        """A reserve whose read found nothing new returns the cached messages, counts as a use of the
+        chat (the least recently used goes first), and puts back a chat evicted meanwhile."""
+        cache = ContextCache(chats_max=2)
+        entry: list[list[object]] = [["1-0", ["u", "1", "c", "abcd", "t", "1", "m", "0", "f", ""]]]
+        for chat in ("a", "b"):
+            cache.remember(chat, entry, length=1, count=5)
+        plan = cache.plan("a", "msgs", 5)
+        merged = cache.merge("a", plan, [], length=1, newest_id="1-0", count=5)
+        assert [m.content for m in merged or []] == ["abcd"]
+        cache.remember("c", entry, length=1, count=5)
+        assert [cache.plan(chat, "msgs", 5).base is not None for chat in "abc"] == [True, False, True]
+        # Evicted between the plan and the merge (other chats' reserves): the merge keeps it again.
+        plan = cache.plan("c", "msgs", 5)
+        cache.forget("c")
+        assert cache.merge("c", plan, [], length=1, newest_id="1-0", count=5) is not None
+        assert cache.plan("c", "msgs", 5).base is plan.base
