@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Any, cast
+from typing import cast
 
 import msgspec
 import redis.exceptions
 from redis.asyncio import RedisCluster
 
 from ledger.connection import RedisClient, is_cluster
-from ledger.context import ContextCache, ContextPlan
+from ledger.context import ContextCache
 from ledger.errors import (
     ChatDeleted,
     ChatNotDeleted,
@@ -381,7 +381,14 @@ class Ledger:
         if status != "ok":
             _raise_status(status)
         if plan is not None:
-            newest = await self._newest_messages(chat_id, keys[1], plan, recent, reply, history_count_max)
+            # The chat's newest messages as the reserve saw them: the transaction's read merged into
+            # the cache, checked by the stream's length and newest id the script returned.
+            length, newest_id = int(reply[6]), str(reply[7])
+            newest = self.contexts.merge(
+                chat_id, plan, recent, length=length, newest_id=newest_id, count=history_count_max
+            )
+            if newest is None:
+                newest = await self._read_again(chat_id, keys[1], length, newest_id, history_count_max)
             context = newest[: int(reply[5])]
         else:
             context = decode_entries(reply[5])
@@ -398,23 +405,12 @@ class Ledger:
             reclaimed=int(reply[4]),
         )
 
-    async def _newest_messages(
-        self,
-        chat_id: str,
-        messages_key: str,
-        plan: ContextPlan,
-        entries: list[list[object]],
-        reply: list[Any],
-        count: int,
+    async def _read_again(
+        self, chat_id: str, messages_key: str, length: int, newest_id: str, count: int
     ) -> list[StoredMessage]:
-        """The chat's newest `count` messages (newest first) as the reserve saw them, from its read and
-        the context cache (ledger/context.py). A read the stream's length and newest id (reply[6],
-        reply[7]) do not confirm is made again, anchored at that id: the history is append-only, so
-        the result is the same as a whole read inside the transaction."""
-        length, newest_id = int(reply[6]), str(reply[7])
-        merged = self.contexts.merge(chat_id, plan, entries, length=length, newest_id=newest_id, count=count)
-        if merged is not None:
-            return merged
+        """The newest `count` messages when the cache and the transaction's read did not add up (a
+        history recreated after a data loss): read again, anchored at the newest id the reserve saw.
+        The history is append-only, so the result is the same as a whole read inside the transaction."""
         again: list[list[object]] = []
         if length:
             assert self.scripts.multiplexer is not None, "a context plan needs the multiplexer"
