@@ -27,6 +27,25 @@ def render(rows: Sequence[Row], *, command: str, versions: str, options: str) ->
         "| --- | --- | --- | --- | --- |",
     ]
     for row in sorted(rows, key=lambda r: r.order):
-        cells = [row.figure, row.ours, row.baseline, f"{row.ratio:.2f}", row.target]
+        cells = [row.figure, row.ours, row.baseline, _ratio(row.ratio), _target(row.target, row.ratio)]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines)
+
+
+def _ratio(ratio: float) -> str:
+    # Three decimals where a target sits: 0.4987 must not print as 0.50.
+    return f"{ratio:.3f}" if ratio < 10 else f"{ratio:.1f}"
+
+
+def _target(target: str, ratio: float) -> str:
+    """A numeric target ("≥ 0.50", "≤ 2") with whether this run met it; any other text as it is."""
+    bound, _, number = target.partition(" ")
+    try:
+        limit = float(number)
+    except ValueError:
+        return target
+    if bound == "≥":
+        return f"{target}: {'met' if ratio >= limit else 'not met'}"
+    if bound == "≤":
+        return f"{target}: {'met' if ratio <= limit else 'not met'}"
+    return target
