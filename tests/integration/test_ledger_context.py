@@ -30,9 +30,11 @@ async def _kept_counts(redis_client: RedisClient, ledger: Ledger, chat_id: str) 
     return [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4)]
 
 
-async def _context(ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6) -> Reservation:
+async def _context(
+    ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6, tokens_max: int = 10_000
+) -> Reservation:
     held = await reserve(
-        ledger, config, chat_id, prompt_tokens=1, history_tokens_max=10_000, history_count_max=count
+        ledger, config, chat_id, prompt_tokens=1, history_tokens_max=tokens_max, history_count_max=count
     )
     await ledger.void(held)
     return held
@@ -101,15 +103,7 @@ class TestContextList:
         newest = [c for n in reversed(range(CONTEXT_TOKENS_KEPT // 2)) for c in (1, n + 1)]
         budget = sum(newest[:20])
         fresh = Ledger(redis_client, ledger.keys)
-        held = await reserve(
-            fresh,
-            config,
-            chat.chat_id,
-            prompt_tokens=1,
-            history_tokens_max=budget,
-            history_count_max=CONTEXT_TOKENS_KEPT,
-        )
-        await fresh.void(held)
+        held = await _context(fresh, config, chat.chat_id, count=CONTEXT_TOKENS_KEPT, tokens_max=budget)
         assert len(held.context) == 20
         assert held.prompt_milli == (1 + budget) * 1000
 
