@@ -26,7 +26,6 @@ import structlog
 import ledger
 from service.metrics import Metrics
 from service.providers import (
-    ChatTurn,
     Completion,
     CompletionRequest,
     Provider,
@@ -146,7 +145,7 @@ class Exchange:
     ) -> CompletionRequest:
         return CompletionRequest(
             system_prompt=config.system_prompt,
-            context=[ChatTurn(m.is_user, m.content) for m in reservation.context],
+            context=reservation.context,
             user_content=content,
             # The hold's reply budget, never the config's wish: the model cannot spend past the grant.
             max_tokens=reservation.completion_tokens_max,
