@@ -90,13 +90,14 @@ class TokenCounter(Protocol):
     def __call__(self, text: str, /) -> int: ...
 
 
+def prompt_texts(request: CompletionRequest) -> list[str]:
+    """Every text the model is sent: the system prompt, the context, the new message."""
+    return [request.system_prompt, *[turn.content for turn in request.context], request.user_content]
+
+
 def estimate_prompt_tokens(request: CompletionRequest, count_tokens: TokenCounter) -> int:
     """The prompt's tokens by the service's own counter: every part the model is sent."""
-    return (
-        count_tokens(request.system_prompt)
-        + sum(map(count_tokens, [turn.content for turn in request.context]))
-        + count_tokens(request.user_content)
-    )
+    return sum(map(count_tokens, prompt_texts(request)))
 
 
 class ReplyStream:

@@ -20,7 +20,7 @@ from service.providers import (
     ReplyStream,
     StreamEnd,
     Usage,
-    estimate_prompt_tokens,
+    prompt_texts,
 )
 
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
@@ -67,10 +67,9 @@ class OfflineModel:
         remembered, each is counted by one C call into the cache instead of a Python call of
         `count_tokens`: a prompt holds the context's 20 texts, and those calls were about 3% of a
         message's worker instructions (issue 6)."""
-        texts = [request.system_prompt, *[turn.content for turn in request.context], request.user_content]
-        if max(map(len, texts)) <= _COUNT_CACHED_CHARS_MAX:
-            return sum(map(_cached_count, texts))
-        return estimate_prompt_tokens(request, self.count_tokens)
+        texts = prompt_texts(request)
+        counter = _cached_count if max(map(len, texts)) <= _COUNT_CACHED_CHARS_MAX else self.count_tokens
+        return sum(map(counter, texts))
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """The reply cut after its last token that fits max_tokens, as `_reply_tokens` cuts it, from
