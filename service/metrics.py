@@ -85,16 +85,10 @@ class Metrics:
         children[1].observe(seconds)
 
     def observe_script(self, name: str, seconds: float) -> None:
-        child = self._script_children.get(name)
-        if child is None:
-            child = self._script_children[name] = self.script_latency.labels(name)
-        child.observe(seconds)
+        _child(self._script_children, self.script_latency, name).observe(seconds)
 
     def observe_upstream(self, provider: str, seconds: float) -> None:
-        child = self._upstream_children.get(provider)
-        if child is None:
-            child = self._upstream_children[provider] = self.upstream_latency.labels(provider)
-        child.observe(seconds)
+        _child(self._upstream_children, self.upstream_latency, provider).observe(seconds)
 
     def reserved(self, reservation: ledger.Reservation) -> None:
         self.tokens_reserved.inc(ledger.from_milli(reservation.granted_milli))
@@ -118,3 +112,11 @@ class Metrics:
             MultiProcessCollector(merged)  # type: ignore[no-untyped-call]  # the library's signature is untyped
             return generate_latest(merged)
         return generate_latest(self.registry)
+
+
+def _child(children: dict[str, Any], histogram: Histogram, label: str) -> Any:
+    """`histogram.labels(label)`, looked up once per label value (see Metrics.__init__)."""
+    child = children.get(label)
+    if child is None:
+        child = children[label] = histogram.labels(label)
+    return child
