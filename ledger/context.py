@@ -144,9 +144,8 @@ class ContextCache:
     ) -> None:
         """Add a settled pair (newest first, the newest's stream id `newest_id`) when the cache ended
         exactly where it was appended (`previous_id`, '' for an empty chat, and the stream `length`
-        after it, from settle.lua), so
-        the worker's next reserve of the chat finds its cache current. Anything else leaves the
-        cache as it is: the next reserve reads what is new."""
+        after it, from settle.lua), so the worker's next reserve of the chat finds its cache current.
+        Anything else leaves the cache as it is: the next reserve reads what is new."""
         cached = self._chats.get(chat_id)
         if cached is None or cached.length + len(pair) != length:
             return

@@ -241,6 +241,7 @@ class Multiplexer:
         """EVALSHA, loading the script once if Redis lacks it (a restart, a failover), as redis-py's
         AsyncScript does."""
         try:
+            # `execute` inlined: one coroutine frame less on the two script calls of every message.
             (reply,) = await self.execute_many((("EVALSHA", sha, len(keys), *keys, *args),))
             return raise_error(reply)
         except redis.exceptions.NoScriptError:
