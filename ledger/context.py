@@ -17,6 +17,16 @@ next reserve of that chat finds the cache current and sends its own pricing of t
 newest id it holds: reserve.lua uses that pricing only when the id is still the chat's newest and
 otherwise prices the chat itself, which costs Redis far more (a Lua loop over the token counts).
 
+A chat that only this worker has written since it cached it is reserved with the script alone, no
+transaction: its read would find nothing new, and MULTI, the read and EXEC cost the worker about an
+eighth of a message's ledger Python and Redis about 4% of a pair. Should another worker have written
+meanwhile, the reply's stream length and newest id say so, and the worker reads the entries it lacks
+right after (anchored at that newest id, so it gets exactly what the transaction would have; one round
+trip more). The chat is then taken to be shared between workers, and its next SHARED_RESERVES
+reserves that find nothing new again still use the transaction. Reading the new entries inside the
+script instead was measured and is much dearer: Redis turns a stream reply into nested Lua tables one
+`lua_settable` at a time, about 30k instructions for one pair of entries (issue 6).
+
 Bounded in chats and in characters of content; the least recently used chats go first.
 """
 
@@ -32,17 +42,26 @@ from ledger.results import StoredMessage
 # The id below every stream id: `(0-0` reads a whole stream.
 _BEFORE_ALL = "0-0"
 
+# After another worker wrote to a chat, this many of its reserves that find nothing new keep using the
+# transaction before the chat is taken to be this worker's alone again. Two workers taking turns at
+# random on a chat find it written by the other every other reserve, so the count rarely runs out.
+SHARED_RESERVES = 8
+
 
 class _Cached:
     """A chat's newest messages as of a stream length, newest first."""
 
-    __slots__ = ("chars", "length", "messages", "newest_id")
+    __slots__ = ("chars", "length", "messages", "newest_id", "shared")
 
-    def __init__(self, newest_id: str, length: int, messages: list[StoredMessage], chars: int) -> None:
+    def __init__(
+        self, newest_id: str, length: int, messages: list[StoredMessage], chars: int, shared: int = 0
+    ) -> None:
         self.newest_id = newest_id
         self.length = length
         self.messages = messages
         self.chars = chars
+        # How many more reserves use the transaction because another worker wrote to the chat.
+        self.shared = shared
 
     def covers(self, count: int) -> bool:
         """Whether these messages and the ones added since make the newest `count`."""
@@ -61,13 +80,26 @@ class _Cached:
 
 
 class ContextPlan:
-    """The read a reserve sends in its transaction, and the cached messages it extends (if any)."""
+    """The read a reserve sends in its transaction, and the cached messages it extends (if any).
+    `alone`: the chat is taken to be this worker's alone, so the reserve sends the script without the
+    transaction and reads what is new only if the reply shows the chat moved (`catch_up`)."""
 
-    __slots__ = ("base", "command")
+    __slots__ = ("alone", "base", "command")
 
     def __init__(self, command: Command, base: _Cached | None) -> None:
         self.command = command
         self.base = base
+        self.alone = base is not None and base.shared == 0
+
+    def catch_up(self, messages_key: str, length: int, newest_id: str, count: int) -> Command | None:
+        """The read of the entries an `alone` reserve lacks, given the stream's length and newest id
+        the script saw; None when the cached messages are still the newest. Anchored at `newest_id`:
+        the history is append-only, so this reads what the transaction would have read."""
+        base = self.base
+        assert base is not None, "only a plan with cached messages catches up"
+        if length == base.length and (newest_id or _BEFORE_ALL) == base.newest_id:
+            return None
+        return ("XREVRANGE", messages_key, newest_id or "+", f"({base.newest_id}", "COUNT", count)
 
 
 class ContextCache:
@@ -103,6 +135,8 @@ class ContextCache:
                 self._chats.move_to_end(chat_id)
             elif current is None:
                 self.store(chat_id, base)
+            if base.shared:
+                base.shared -= 1
             return base.messages[:count]
         fresh = [decode_entry(entry) for entry in entries]
         if base is None:
@@ -117,7 +151,9 @@ class ContextCache:
             # Counted from the few new and dropped messages, not the whole context again.
             dropped = base.messages[max(count - len(fresh), 0) :]
             chars = base.chars + _chars(fresh[:count]) - _chars(dropped)
-        self.store(chat_id, _Cached(head, length, messages, chars))
+        # Entries this worker did not write: another worker shares the chat (see SHARED_RESERVES).
+        shared = SHARED_RESERVES if base is not None and fresh else 0
+        self.store(chat_id, _Cached(head, length, messages, chars, shared))
         return messages
 
     def store(self, chat_id: str, cached: _Cached) -> None:
@@ -156,7 +192,7 @@ class ContextCache:
         kept = len(cached.messages) if len(cached.messages) < cached.length else len(combined)
         messages = combined[:kept]
         chars = cached.chars + _chars(pair) - _chars(combined[kept:])
-        self.store(chat_id, _Cached(newest_id, length, messages, chars))
+        self.store(chat_id, _Cached(newest_id, length, messages, chars, cached.shared))
 
     def forget(self, chat_id: str) -> None:
         old = self._chats.pop(chat_id, None)

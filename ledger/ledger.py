@@ -38,6 +38,7 @@ from ledger.history import HistoryQuery, decode_entries, decode_entry, make_mess
 from ledger.idempotency import IdempotencyKey
 from ledger.keys import Keyspace
 from ledger.limits import AMOUNT_MILLI_MAX, LedgerLimits
+from ledger.multiplex import Command
 from ledger.packing import pack_counts, pack_numbers
 from ledger.results import (
     ChatPage,
@@ -364,7 +365,7 @@ class Ledger:
         )
         args: list[str | bytes] = [config.config_id, reservation_id, numbers, mode, known_id, *fingerprint]
         recent: list[list[object]] = []
-        if plan is not None:
+        if plan is not None and not plan.alone:
             reply, recent = await self.scripts.call_then_read(
                 "reserve", keys=keys, args=args, read=plan.command
             )
@@ -384,6 +385,11 @@ class Ledger:
             # The chat's newest messages as the reserve saw them: the transaction's read merged into
             # the cache, checked by the stream's length and newest id the script returned.
             length, newest_id = int(reply[6]), str(reply[7])
+            if plan.alone:
+                # Sent without the transaction: read what another worker added meanwhile, if anything.
+                catch_up = plan.catch_up(keys[1], length, newest_id, history_count_max)
+                if catch_up is not None:
+                    recent = await self._read(catch_up)
             newest = self.contexts.merge(
                 chat_id, plan, recent, length=length, newest_id=newest_id, count=history_count_max
             )
@@ -413,14 +419,18 @@ class Ledger:
         The history is append-only, so the result is the same as a whole read inside the transaction."""
         again: list[list[object]] = []
         if length:
-            assert self.scripts.multiplexer is not None, "a context plan needs the multiplexer"
-            try:
-                again = await self.scripts.multiplexer.execute(
-                    "XREVRANGE", messages_key, newest_id, "-", "COUNT", count
-                )
-            except redis.exceptions.RedisError as exc:
-                raise store_failure(exc) from exc
+            again = await self._read(("XREVRANGE", messages_key, newest_id, "-", "COUNT", count))
         return self.contexts.remember(chat_id, again, length=length, count=count)
+
+    async def _read(self, command: Command) -> list[list[object]]:
+        """A stream read of the context on the multiplexer; a Redis failure raises LedgerUnavailable.
+        The hold the reserve made stays until its deadline: nothing gave it to a caller to void."""
+        assert self.scripts.multiplexer is not None, "a context plan needs the multiplexer"
+        try:
+            entries: list[list[object]] = await self.scripts.multiplexer.execute(*command)
+        except redis.exceptions.RedisError as exc:
+            raise store_failure(exc) from exc
+        return entries
 
     async def settle(
         self,

@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from ledger import ConfigRecord, Keyspace, Ledger, RedisClient, Reservation, TenantStore
-from ledger.context import ContextCache
+from ledger.context import SHARED_RESERVES, ContextCache
 from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK
 from tests.integration.helpers import reserve, settle
 
@@ -293,6 +293,81 @@ class TestCurrentCache:
         held = await _context(ledger, config, chat.chat_id, count=4)
         assert [m.content for m in held.context] == ["q1", "a1", "other q", "other a"]
         assert held.prompt_milli == (1 + 2 + 1 + 50 + 1) * 1000
+
+
+@pytest.mark.redis
+class TestChatAlone:
+    """A chat that only this worker wrote since it cached it is reserved with the script alone; a chat
+    another worker writes too gets the transaction that reads its entries (ledger/context.py)."""
+
+    async def test_the_transaction_is_kept_for_shared_chats(
+        self, real_redis: Redis, keyspace: Keyspace
+    ) -> None:
+        """Counted by Redis itself (INFO commandstats): the commands each reserve sent, and the context
+        it got, as one worker alone, then with another worker writing to the chat, then alone again."""
+        ledger = Ledger(real_redis, keyspace)
+        other = Ledger(real_redis, keyspace)
+        config = await TenantStore(real_redis, keyspace).create_config(agent_name="A", company_name="C")
+        chat = await ledger.create_chat(config, 10**12)
+        await _history(ledger, config, chat.chat_id, 2)
+
+        async def sent(count: int = 4) -> tuple[dict[str, int], list[str]]:
+            before = await real_redis.info("commandstats")
+            held = await reserve(
+                ledger, config, chat.chat_id, prompt_tokens=1, history_tokens_max=10_000,
+                history_count_max=count,
+            )  # fmt: skip
+            after = await real_redis.info("commandstats")
+            await ledger.void(held)
+            calls = {
+                name: int(after.get(f"cmdstat_{name}", {}).get("calls", 0))
+                - int(before.get(f"cmdstat_{name}", {}).get("calls", 0))
+                for name in ("evalsha", "multi", "exec", "xrevrange")
+            }
+            return calls, [m.content for m in held.context]
+
+        alone = {"evalsha": 1, "multi": 0, "exec": 0, "xrevrange": 0}
+        in_transaction = {"evalsha": 1, "multi": 1, "exec": 1, "xrevrange": 1}
+        # The first reserve reads the chat whole (nothing cached); this worker's settles keep it
+        # current, and its reserves are the script alone.
+        assert (await sent())[0] == in_transaction
+        await _history(ledger, config, chat.chat_id, 1)  # "q0", "a0" again: the newest now
+        assert await sent() == (alone, ["q1", "a1", "q0", "a0"])
+        # Another worker's pair: the script alone, then the read of what it lacked, one round trip more.
+        held = await reserve(other, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
+        await settle(other, held, charge_milli=1, user="other q", reply="other a", user_tokens=50)
+        assert await sent() == ({**alone, "xrevrange": 1}, ["q0", "a0", "other q", "other a"])
+        # Shared now: the transaction, until SHARED_RESERVES reserves in a row found nothing new.
+        for _ in range(SHARED_RESERVES):
+            assert await sent() == (in_transaction, ["q0", "a0", "other q", "other a"])
+        assert await sent() == (alone, ["q0", "a0", "other q", "other a"])
+        # Another write by the other worker starts the count again.
+        held = await reserve(other, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
+        await settle(other, held, charge_milli=1, user="q9", reply="a9")
+        assert (await sent())[0] == {**alone, "xrevrange": 1}
+        assert (await sent())[0] == in_transaction
+
+    async def test_a_history_recreated_under_a_chat_alone_is_read_again(
+        self, real_redis: Redis, keyspace: Keyspace
+    ) -> None:
+        """The catch-up read is checked like the transaction's: a history emptied and written again
+        to the same length (as after a data loss) is read whole, with no cached message in it."""
+        ledger = Ledger(real_redis, keyspace)
+        config = await TenantStore(real_redis, keyspace).create_config(agent_name="A", company_name="C")
+        chat = await ledger.create_chat(config, 10**12)
+        await _history(ledger, config, chat.chat_id, 2)
+        assert await _newest(ledger, config, chat.chat_id, count=4) == ["q0", "a0", "q1", "a1"]
+        await real_redis.delete(
+            keyspace.chat_messages(chat.chat_id), keyspace.chat_context_tokens(chat.chat_id)
+        )
+        await real_redis.hdel(keyspace.chat_meta(chat.chat_id), "ctxlen", "last")
+        other = Ledger(real_redis, keyspace)
+        for n in range(2):
+            held = await reserve(other, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
+            await settle(other, held, charge_milli=1, user=f"new q{n}", reply=f"new a{n}")
+        expected = ["new q0", "new a0", "new q1", "new a1"]
+        assert await _newest(ledger, config, chat.chat_id, count=4) == expected
+        assert await _newest(ledger, config, chat.chat_id, count=4) == expected
 
 
 class TestContextCacheBounds:
