@@ -315,12 +315,14 @@ class Bench:
         pairs = sorted((r[0] for r in rounds), key=lambda p: p.rate)[len(rounds) // 2]
         evalsha, evalsha_cpu_us = sorted((r[1], r[2]) for r in rounds)[len(rounds) // 2]
         pair_cpu_us = 1e6 * pairs.redis_cpu_s / pairs.pairs if pairs.pairs else 0.0
+        client_cpu_us = 1e6 * pairs.client_cpu_s / pairs.pairs if pairs.pairs else 0.0
         self.rows.append(
             Row(
                 order=40,
                 figure=f"Ledger alone: reserve+settle pairs/s (Python client, {o.ledger_concurrency} chats "
                 "at once, 20-message context)",
-                ours=f"{pairs.rate:,.0f} pairs/s, Redis CPU {pair_cpu_us:.0f} µs/pair",
+                ours=f"{pairs.rate:,.0f} pairs/s, Redis CPU {pair_cpu_us:.0f} µs/pair, client CPU "
+                f"{client_cpu_us:.0f} µs/pair",
                 baseline=f"redis-benchmark EVALSHA of `return 1`, 50 clients: {evalsha:,.0f}/s, "
                 f"so {evalsha / 2:,.0f} pairs/s; Redis CPU {evalsha_cpu_us:.1f} µs/call",
                 ratio=pairs.rate / (evalsha / 2) if evalsha else 0.0,
