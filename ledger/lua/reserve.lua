@@ -16,7 +16,8 @@
 --          messages up to ARGV[5] and priced their context at known_tokens tokens in known_count
 --          messages: when ARGV[5] is still the newest message that pricing is used as it is (pricing
 --          20 counts in Lua costs Redis more than the rest of the script), else the chat is priced
---          here (ledger/context.py)
+--          here. With '2' the caller may also send this script alone and read the entries it lacks
+--          afterwards, anchored at the newest id of the reply (ledger/context.py)
 -- ARGV[5] the caller's newest message id ('' unless ARGV[4] is '2')
 -- ARGV[6] the request's fingerprint (only with KEYS[7])
 -- Clock: Redis TIME only.
