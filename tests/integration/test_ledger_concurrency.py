@@ -506,3 +506,72 @@ class TestLedgerStateMachine:
             LedgerMachine,
             settings=settings(max_examples=40, stateful_step_count=25, deadline=None, database=None),
         )
+
+
+class TestContextUnderConcurrency:
+    """Each worker keeps its own copy of a chat's newest messages and reads only what is new, with or
+    without the reserve's transaction (ledger/context.py). Whatever the interleaving, a context must be
+    what the script would have chosen from the history itself."""
+
+    @pytest.mark.parametrize("workers", [1, WORKERS], ids=["one-worker", "three-workers"])
+    async def test_every_context_is_a_priced_run_of_the_history(
+        self, worker_ledgers: list[Ledger], real_redis: Redis, keyspace: Keyspace, workers: int
+    ) -> None:
+        """150 exchanges racing on one chat, from one worker (its own reserves and settles interleave)
+        or from three. Every reservation's context is a run of consecutive messages of the final
+        history (which is append-only, so the run existed whole when the reserve ran), within the
+        bounds, as long as the bounds allow (the message before it would not have fitted), and priced
+        at exactly its messages' tokens."""
+        tenants = TenantStore(real_redis, keyspace)
+        config = await tenants.create_config(agent_name="Agent", company_name="Co")
+        chat = await worker_ledgers[0].create_chat(config, 10**12)
+        count_max, tokens_max, prompt_tokens = 6, 40, 3
+        held: list[Reservation] = []
+
+        async def exchange(index: int) -> None:
+            ledger = worker_ledgers[index % workers]
+            for _ in range(index % 3):
+                await asyncio.sleep(0)
+            reservation = await ledger.reserve(
+                config,
+                chat.chat_id,
+                prompt_tokens=prompt_tokens,
+                completion_tokens_max=5,
+                history_tokens_max=tokens_max,
+                history_count_max=count_max,
+            )
+            held.append(reservation)
+            for _ in range(index % 4):  # the model call, of varying length
+                await asyncio.sleep(0)
+            await ledger.settle(
+                reservation,
+                charge_milli=1,
+                user_content=f"q{index}",
+                user_tokens=1 + index % 5,
+                reply_content=f"a{index}",
+                reply_tokens=index % 9,
+            )
+
+        for wave in range(3):
+            await asyncio.gather(*(exchange(50 * wave + index) for index in range(50)))
+
+        history: list[StoredMessage] = []
+        while len(history) < 300:
+            page = await worker_ledgers[0].read_history(
+                config.config_id, chat.chat_id, HistoryQuery(limit=100, offset=len(history))
+            )
+            history += page.items
+        position = {message.message_id: at for at, message in enumerate(history)}
+        for reservation in held:
+            at = [position[message.message_id] for message in reservation.context]
+            tokens = sum(message.tokens for message in reservation.context)
+            first = at[0] if at else 0
+            assert at == list(range(first, first + len(at)))
+            assert len(at) <= count_max
+            assert tokens <= tokens_max
+            if first > 0 and len(at) < count_max:
+                assert tokens + history[first - 1].tokens > tokens_max, (at, tokens)
+            assert reservation.prompt_milli == (prompt_tokens + tokens) * config.prompt_weight_milli
+        # Not vacuous: the first wave's reserves all find the chat empty, but most of the 100 later
+        # ones get contexts of several exchanges' messages.
+        assert sum(len(reservation.context) >= 4 for reservation in held) > 80
