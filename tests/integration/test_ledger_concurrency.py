@@ -518,30 +518,59 @@ class TestContextUnderConcurrency:
         self, worker_ledgers: list[Ledger], real_redis: Redis, keyspace: Keyspace, workers: int
     ) -> None:
         """150 exchanges racing on one chat, from one worker (its own reserves and settles interleave)
-        or from three. Every reservation's context is a run of consecutive messages of the final
-        history (which is append-only, so the run existed whole when the reserve ran), within the
-        bounds, as long as the bounds allow (the message before it would not have fitted), and priced
-        at exactly its messages' tokens."""
+        or from three, on 4 chats with 4 patterns of delays and of how many run at once. Every
+        reservation's context is a run of consecutive messages of the final history (which is
+        append-only, so the run existed whole when the reserve ran), within the bounds, as long as
+        the bounds allow (the message before it would not have fitted), and priced at exactly its
+        messages' tokens."""
         tenants = TenantStore(real_redis, keyspace)
         config = await tenants.create_config(agent_name="Agent", company_name="Co")
-        chat = await worker_ledgers[0].create_chat(config, 10**12)
-        count_max, tokens_max, prompt_tokens = 6, 40, 3
+        for pattern in range(4):
+            held = await self._race(worker_ledgers[:workers], config, pattern)
+            chat_id = held[0].chat_id
+            history: list[StoredMessage] = []
+            while len(history) < 300:
+                page = await worker_ledgers[0].read_history(
+                    config.config_id, chat_id, HistoryQuery(limit=100, offset=len(history))
+                )
+                history += page.items
+            position = {message.message_id: at for at, message in enumerate(history)}
+            for reservation in held:
+                at = [position[message.message_id] for message in reservation.context]
+                tokens = sum(message.tokens for message in reservation.context)
+                first = at[0] if at else 0
+                assert at == list(range(first, first + len(at))), pattern
+                assert len(at) <= self.COUNT_MAX
+                assert tokens <= self.TOKENS_MAX
+                if first > 0 and len(at) < self.COUNT_MAX:
+                    assert tokens + history[first - 1].tokens > self.TOKENS_MAX, (pattern, at, tokens)
+                expected_milli = (self.PROMPT_TOKENS + tokens) * config.prompt_weight_milli
+                assert reservation.prompt_milli == expected_milli, pattern
+            # Not vacuous: nearly every context holds several exchanges' messages.
+            assert sum(len(reservation.context) >= 4 for reservation in held) > 120
+
+    COUNT_MAX, TOKENS_MAX, PROMPT_TOKENS = 6, 40, 3
+
+    async def _race(self, ledgers: list[Ledger], config: ConfigRecord, pattern: int) -> list[Reservation]:
+        """150 exchanges on a new chat, a few at a time, each waiting `pattern`-dependent turns of the
+        event loop before its reserve and between its reserve and its settle."""
+        chat = await ledgers[0].create_chat(config, 10**12)
         held: list[Reservation] = []
 
         async def exchange(index: int) -> None:
-            ledger = worker_ledgers[index % workers]
-            for _ in range(index % 3):
+            ledger = ledgers[index % len(ledgers)]
+            for _ in range((index * (pattern + 1)) % 3):
                 await asyncio.sleep(0)
             reservation = await ledger.reserve(
                 config,
                 chat.chat_id,
-                prompt_tokens=prompt_tokens,
+                prompt_tokens=self.PROMPT_TOKENS,
                 completion_tokens_max=5,
-                history_tokens_max=tokens_max,
-                history_count_max=count_max,
+                history_tokens_max=self.TOKENS_MAX,
+                history_count_max=self.COUNT_MAX,
             )
             held.append(reservation)
-            for _ in range(index % 4):  # the model call, of varying length
+            for _ in range((index + pattern) % 4):  # the model call, of varying length
                 await asyncio.sleep(0)
             await ledger.settle(
                 reservation,
@@ -552,26 +581,13 @@ class TestContextUnderConcurrency:
                 reply_tokens=index % 9,
             )
 
-        for wave in range(3):
-            await asyncio.gather(*(exchange(50 * wave + index) for index in range(50)))
+        # At most `in_flight` exchanges at once, a new one starting as each ends: reserves keep meeting
+        # other exchanges' settles, the first ones an empty chat.
+        in_flight = asyncio.Semaphore(4 + 2 * pattern)
 
-        history: list[StoredMessage] = []
-        while len(history) < 300:
-            page = await worker_ledgers[0].read_history(
-                config.config_id, chat.chat_id, HistoryQuery(limit=100, offset=len(history))
-            )
-            history += page.items
-        position = {message.message_id: at for at, message in enumerate(history)}
-        for reservation in held:
-            at = [position[message.message_id] for message in reservation.context]
-            tokens = sum(message.tokens for message in reservation.context)
-            first = at[0] if at else 0
-            assert at == list(range(first, first + len(at)))
-            assert len(at) <= count_max
-            assert tokens <= tokens_max
-            if first > 0 and len(at) < count_max:
-                assert tokens + history[first - 1].tokens > tokens_max, (at, tokens)
-            assert reservation.prompt_milli == (prompt_tokens + tokens) * config.prompt_weight_milli
-        # Not vacuous: the first wave's reserves all find the chat empty, but most of the 100 later
-        # ones get contexts of several exchanges' messages.
-        assert sum(len(reservation.context) >= 4 for reservation in held) > 80
+        async def limited(index: int) -> None:
+            async with in_flight:
+                await exchange(index)
+
+        await asyncio.gather(*(limited(index) for index in range(150)))
+        return held
