@@ -81,18 +81,27 @@ class _Cached:
 
 
 class ContextPlan:
-    """The read a reserve sends in its transaction, and the cached messages it extends (if any).
-    `alone`: the chat is taken to be this worker's alone, so the reserve sends the script without the
-    transaction and reads what is new only if the reply shows the chat moved (`catch_up`)."""
+    """The newest `count` messages a reserve wants from the stream `messages_key`, and the cached
+    messages it extends (if any). `alone`: the chat is taken to be this worker's alone, so the reserve
+    sends the script without the transaction and reads what is new only if the reply shows the chat
+    moved (`catch_up`); otherwise the transaction reads `command`."""
 
-    __slots__ = ("alone", "base", "command")
+    __slots__ = ("alone", "base", "count", "messages_key")
 
-    def __init__(self, command: Command, base: _Cached | None) -> None:
-        self.command = command
+    def __init__(self, messages_key: str, count: int, base: _Cached | None) -> None:
+        self.messages_key = messages_key
+        self.count = count
         self.base = base
         self.alone = base is not None and base.shared == 0
 
-    def catch_up(self, messages_key: str, length: int, newest_id: str, count: int) -> Command | None:
+    @property
+    def command(self) -> Command:
+        """The transaction's read: only what is newer than the cached messages, or the whole context.
+        Built when sent, so a reserve sent alone builds none."""
+        after = f"({self.base.newest_id}" if self.base is not None else "-"
+        return ("XREVRANGE", self.messages_key, "+", after, "COUNT", self.count)
+
+    def catch_up(self, length: int, newest_id: str) -> Command | None:
         """The read of the entries an `alone` reserve lacks, given the stream's length and newest id
         the script saw; None when the cached messages are still the newest. Anchored at `newest_id`:
         the history is append-only, so this reads what the transaction would have read."""
@@ -100,7 +109,7 @@ class ContextPlan:
         assert base is not None, "only a plan with cached messages catches up"
         if length == base.length and (newest_id or _BEFORE_ALL) == base.newest_id:
             return None
-        return ("XREVRANGE", messages_key, newest_id or "+", f"({base.newest_id}", "COUNT", count)
+        return ("XREVRANGE", self.messages_key, newest_id or "+", f"({base.newest_id}", "COUNT", self.count)
 
 
 class ContextCache:
@@ -113,9 +122,7 @@ class ContextCache:
     def plan(self, chat_id: str, messages_key: str, count: int) -> ContextPlan:
         """The read for the newest `count` messages: only the new ones when the cache has the rest."""
         base = self._chats.get(chat_id)
-        if base is None or not base.covers(count):
-            return ContextPlan(("XREVRANGE", messages_key, "+", "-", "COUNT", count), None)
-        return ContextPlan(("XREVRANGE", messages_key, "+", f"({base.newest_id}", "COUNT", count), base)
+        return ContextPlan(messages_key, count, base if base is not None and base.covers(count) else None)
 
     def merge(
         self, chat_id: str, plan: ContextPlan, entries: list[list[object]], *, length: int, newest_id: str,

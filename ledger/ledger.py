@@ -387,7 +387,7 @@ class Ledger:
             length, newest_id = int(reply[6]), str(reply[7])
             if plan.alone:
                 # Sent without the transaction: read what another worker added meanwhile, if anything.
-                catch_up = plan.catch_up(keys[1], length, newest_id, history_count_max)
+                catch_up = plan.catch_up(length, newest_id)
                 if catch_up is not None:
                     recent = await self._read(catch_up)
             newest = self.contexts.merge(
