@@ -50,17 +50,25 @@ SHARED_RESERVES = 8
 
 
 class _Cached:
-    """A chat's newest messages as of a stream length, newest first."""
+    """A chat's newest messages as of a stream length, newest first: at most `window` of them (the
+    count of the read that filled the cache), or the whole chat while it is shorter than that."""
 
-    __slots__ = ("chars", "length", "messages", "newest_id", "shared")
+    __slots__ = ("chars", "length", "messages", "newest_id", "shared", "window")
 
     def __init__(
-        self, newest_id: str, length: int, messages: list[StoredMessage], chars: int, shared: int = 0
+        self,
+        newest_id: str,
+        length: int,
+        messages: list[StoredMessage],
+        chars: int,
+        window: int,
+        shared: int = 0,
     ) -> None:
         self.newest_id = newest_id
         self.length = length
         self.messages = messages
         self.chars = chars
+        self.window = window
         # How many more reserves use the transaction because another worker wrote to the chat.
         self.shared = shared
 
@@ -161,7 +169,7 @@ class ContextCache:
             chars = base.chars + _chars(fresh[:count]) - _chars(dropped)
         # Entries this worker did not write: another worker shares the chat (see SHARED_RESERVES).
         shared = SHARED_RESERVES if base is not None and fresh else 0
-        self.store(chat_id, _Cached(head, length, messages, chars, shared))
+        self.store(chat_id, _Cached(head, length, messages, chars, count, shared))
         return messages
 
     def store(self, chat_id: str, cached: _Cached) -> None:
@@ -180,7 +188,7 @@ class ContextCache:
         """A whole read's newest `count` messages (newest first), cached."""
         messages = [decode_entry(entry) for entry in entries][:count]
         newest_id = str(entries[0][0]) if entries else _BEFORE_ALL
-        self.store(chat_id, _Cached(newest_id, length, messages, _chars(messages)))
+        self.store(chat_id, _Cached(newest_id, length, messages, _chars(messages), count))
         return messages
 
     def extend(
@@ -196,11 +204,12 @@ class ContextCache:
         if cached.newest_id != (previous_id or _BEFORE_ALL):
             return
         combined = pair + cached.messages
-        # A window of the newest messages keeps its size; a whole short chat keeps all of it.
-        kept = len(cached.messages) if len(cached.messages) < cached.length else len(combined)
+        # Never more than the window: a whole short chat grows into one and then keeps its size.
+        # (Keeping a whole chat whole made every settle copy its entire history, issue 6.)
+        kept = min(len(combined), cached.window)
         messages = combined[:kept]
         chars = cached.chars + _chars(pair) - _chars(combined[kept:])
-        self.store(chat_id, _Cached(newest_id, length, messages, chars, cached.shared))
+        self.store(chat_id, _Cached(newest_id, length, messages, chars, cached.window, cached.shared))
 
     def forget(self, chat_id: str) -> None:
         old = self._chats.pop(chat_id, None)

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from ledger import ConfigRecord, Keyspace, Ledger, RedisClient, Reservation, TenantStore
 from ledger.context import SHARED_RESERVES, ContextCache
+from ledger.history import make_message
 from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK
 from tests.integration.helpers import reserve, settle
 
@@ -389,3 +390,28 @@ class TestContextCacheBounds:
         cache.forget("c")
         assert cache.merge("c", plan, [], length=1, newest_id="1-0", count=5) is not None
         assert cache.plan("c", "msgs", 5).base is plan.base
+
+    def test_a_chat_one_worker_writes_keeps_a_window_of_its_newest_messages(self) -> None:
+        """A chat cached whole while shorter than the reserve's count grows into a window of that many
+        messages and keeps that size as the worker's settles extend it: the newest ones, their
+        characters counted. (It used to keep the whole chat, so every settle copied all of it.)"""
+        cache = ContextCache()
+        cache.remember("a", [], length=0, count=3)
+        newest = "0-0"
+        for n in range(1, 6):
+            user = make_message(f"{n}-1", is_user=True, content=f"q{n}", tokens=1, charged_milli=0, flags="")
+            reply = make_message(
+                f"{n}-2", is_user=False, content=f"a{n}!", tokens=1, charged_milli=1, flags=""
+            )
+            previous, newest = newest, f"{n}-2"
+            cache.extend(
+                "a", [reply, user], previous_id="" if n == 1 else previous, newest_id=newest, length=2 * n
+            )
+        base = cache.plan("a", "msgs", 3).base
+        assert base is not None
+        assert (base.newest_id, base.length) == ("5-2", 10)
+        assert [m.content for m in base.messages] == ["a5!", "q5", "a4!"]
+        assert base.chars == len("a5!q5a4!")
+        assert cache.merge("a", cache.plan("a", "msgs", 3), [], length=10, newest_id="5-2", count=3) == (
+            base.messages
+        )
