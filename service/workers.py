@@ -113,6 +113,7 @@ async def _serve(settings: Settings, *, reuse_port: bool, parent: Connection | N
             pid=os.getpid(),
             url=base_url(settings),
             loop=type(loop).__module__.split(".")[0],
+            gc_young_threshold=gc.get_threshold()[0],
         )
         if parent is None:
             print(f"======== Running on {base_url(settings)} ========", file=sys.stderr, flush=True)

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from ledger import HistoryQuery, Keyspace, Ledger, TenantStore, connect
 from service.cli import main
 from service.settings import SettingsError, settings_from_env
+from service.workers import GC_YOUNG_THRESHOLD
 from tests.redis_servers import RedisServer, flush_all, free_ports
 from tests.scale.conftest import Process, base_env
 
@@ -171,6 +172,8 @@ class TestServeWorkers:
         # uvloop when installed (the fast extra, which the Makefile installs).
         expected_loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
         assert {event["loop"] for event in listening} == {expected_loop}
+        # Each worker tuned its garbage collector once it was set up (service/workers.py).
+        assert {event["gc_young_threshold"] for event in listening} == {GC_YOUNG_THRESHOLD}
         client = Client(http, port)
         chat_id = await client.create_chat()
 
