@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.multiprocess import MultiProcessCollector
 
 import ledger
+from service.providers import Completion
 
 # Buckets for Redis scripts (sub-millisecond to tens of ms) and for HTTP and upstream calls (up to a
 # long model answer).
@@ -46,7 +47,16 @@ class Metrics:
             registry=r,
         )
         self.tokens_clamped = Counter(
-            "chatledger_tokens_clamped", "Tokens an exchange cost beyond what its chat could pay.", registry=r
+            "chatledger_tokens_clamped",
+            "Tokens an exchange's reported cost exceeded its hold by: recorded, never charged.",
+            registry=r,
+        )
+        self.upstream_faults = Counter(
+            "chatledger_upstream_faults",
+            "Model replies that broke the exchange's terms, by kind: usage that cannot be true "
+            "(charged by the estimate instead), or a reply past max_tokens (cut at the budget).",
+            ["provider", "kind"],
+            registry=r,
         )
         self.reservations_expired = Counter(
             "chatledger_reservations_expired",
@@ -100,6 +110,13 @@ class Metrics:
             self.tokens_refunded.inc(ledger.from_milli(refund))
         if settlement.shortfall_milli:
             self.tokens_clamped.inc(ledger.from_milli(settlement.shortfall_milli))
+
+    def completed(self, provider: str, completion: Completion) -> None:
+        """Count what a settled reply's model did wrong, if anything (rare: labels looked up then)."""
+        if completion.usage_rejected:
+            self.upstream_faults.labels(provider, "usage_rejected").inc()
+        if completion.over_budget:
+            self.upstream_faults.labels(provider, "over_budget").inc()
 
     def voided(self, released_milli: int) -> None:
         self.tokens_refunded.inc(ledger.from_milli(released_milli))
