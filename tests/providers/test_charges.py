@@ -7,8 +7,9 @@ The fake's reply is 10 tokens. So:
 
 - with the upstream's usage, streamed or not: 14 x 1.5 + 10 x 2.0 = 41.0 tokens;
 - with no usage (estimated, flagged): 8 x 1.5 + 10 x 2.0 = 32.0 tokens;
-- a stream the client leaves after k = 3 deltas: 8 x 1.5 + 3 x 2.0 = 18.0 tokens, saved truncated;
-- every failure: 0, with `reserved` back where it was.
+- a stream the client leaves, or the model breaks, after k = 3 deltas: 8 x 1.5 + 3 x 2.0 = 18.0
+  tokens, saved truncated;
+- every failure before any delta reached the client: 0, with `reserved` back where it was.
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ FAILS_MID_STREAM = [
 ]
 
 
-class TestFailuresChargeNothing:
+class TestFailures:
     async def _chat_with_a_hold(self, upstream: Upstream, api: Api, config: ledger.ConfigRecord) -> str:
         """A chat with another request's hold open, so "reserved is back" means back to that hold."""
         chat: str = (await api.create_chat(1000))["chat_id"]
@@ -292,8 +293,8 @@ class TestFailuresChargeNothing:
     async def test_failures_mid_stream_end_with_an_error_event(
         self, upstream: Upstream, behavior: Behavior, delivered: int, status: int, code: str
     ) -> None:
-        """A stream that breaks after some deltas ends with an `error` event in the JSON error shape;
-        the reply is not saved and nothing is charged."""
+        """A stream that breaks after k deltas ends with an `error` event in the JSON error shape; the
+        client pays for what it received (8 x 1.5 + k x 2.0), and the partial reply is saved truncated."""
         upstream.fake.default = behavior
         api, config = await upstream.api()
         chat = await self._chat_with_a_hold(upstream, api, config)
@@ -306,8 +307,15 @@ class TestFailuresChargeNothing:
         assert received[-1][1]["detail"]
         assert len(upstream.fake.requests) == 1
         meta = await upstream.meta(chat)
-        assert (meta["used"], meta["reserved"]) == ("0", "17500")
-        assert (await api.call("GET", f"/chats/{chat}/messages/"))[1]["total"] == 0
+        assert (meta["used"], meta["reserved"]) == (str(12_000 + delivered * 2000), "17500")
+        history = (await api.call("GET", f"/chats/{chat}/messages/"))[1]
+        assert history["total"] == 2
+        reply = history["items"][1]
+        assert (reply["content"], reply["truncated"], reply["tokens_charged"]) == (
+            reply_of(received),
+            True,
+            12.0 + delivered * 2.0,
+        )
 
     async def test_a_chat_deleted_mid_stream_ends_with_its_error(self, upstream: Upstream) -> None:
         """A chat deleted while its reply streams takes no message and no tokens: the stream ends with
