@@ -24,10 +24,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 import ledger
-from tests.http.conftest import Api
+from service.app import create_app
+from service.providers import Completion, CompletionRequest
+from service.providers.offline import OfflineModel
+from service.settings import Settings
+from tests.http.conftest import Api, new_tenant
 from tests.providers.fake_openai import DEFAULT_REPLY, DROP, Behavior, FakeOpenAI
 from tests.providers.sse import Event, reply_of
-from tests.providers.upstream import KEYS, PATIENT_S, Upstream, done_of, send
+from tests.providers.upstream import KEYS, PATIENT_S, WEIGHTS, Upstream, done_of, send
 
 pytestmark = pytest.mark.redis
 
@@ -359,3 +363,30 @@ def assert_voided(result: Books) -> None:
     assert result.resolution.reserved_delta_milli == -DEFAULT_HOLD_MILLI
     assert (result.used_milli, result.reserved_milli, result.reply) == (0, OTHER_HOLD_MILLI, None)
     assert result.reconciles
+
+
+class NegativeCounts(OfflineModel):
+    """A provider with a bug: its whole replies report -5 completion tokens."""
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        return msgspec.structs.replace(await super().complete(request), completion_tokens=-5)
+
+
+class TestTheHoldIsAlwaysResolved:
+    async def test_a_settle_that_fails_on_a_bug_voids_the_hold(
+        self, aiohttp_client: Any, real_redis: Redis, keyspace: ledger.Keyspace
+    ) -> None:
+        """A charge the ledger cannot take (a provider's bug, not a ledger outcome) is a 500, and the
+        hold is voided before it: reserved is back to the other hold and the journal reconciles."""
+        settings = Settings(redis_url="redis://unused", key_prefix="cltest", auth_cache_ttl_s=0)
+        config, key = await new_tenant(ledger.TenantStore(real_redis, keyspace), **WEIGHTS)
+        app = create_app(settings, redis=real_redis, provider=NegativeCounts())
+        api = Api(await aiohttp_client(app), key)
+        upstream = Upstream(real_redis, ledger.TenantStore(real_redis, keyspace), FakeOpenAI(), None)
+        chat = await chat_with_a_hold(upstream, api, config, 1000)
+        status, body, _ = await api.call("POST", "/chats/messages/", json={"chat_id": chat, "content": "hi"})
+        assert (status, body["code"]) == (500, "internal_error")
+        result = await books(upstream, chat)
+        assert (result.resolution.op, result.resolution.reserved_delta_milli) == ("void", -result.hold_milli)
+        assert (result.used_milli, result.reserved_milli, result.reply) == (0, OTHER_HOLD_MILLI, None)
+        assert result.reconciles
