@@ -443,8 +443,7 @@ class Ledger:
         reply_tokens: int,
         flags: str = "",
     ) -> Settlement:
-        """Charge the exchange's actual cost, at most the hold (the excess is returned as
-        `shortfall_milli` and recorded as clamped), release the rest and append both messages atomically.
+        """Charge the exchange's actual cost, release the rest and append both messages atomically.
 
         A second settle or void of the same reservation changes nothing and raises its own
         ReservationError; a chat deleted meanwhile voids the hold and raises ChatDeleted."""

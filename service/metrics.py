@@ -22,6 +22,12 @@ from service.providers import Completion
 _REDIS_BUCKETS_S = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+_CLAMPED_HELP = "Tokens an exchange's reported cost exceeded its hold by: recorded, never charged."
+_UPSTREAM_FAULTS_HELP = (
+    "Model replies that broke the exchange's terms, by kind: usage that cannot be true (charged by the "
+    "estimate instead), or a reply past max_tokens (cut at the budget)."
+)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -46,17 +52,9 @@ class Metrics:
             "Held tokens given back (unused part of a hold, or a void).",
             registry=r,
         )
-        self.tokens_clamped = Counter(
-            "chatledger_tokens_clamped",
-            "Tokens an exchange's reported cost exceeded its hold by: recorded, never charged.",
-            registry=r,
-        )
+        self.tokens_clamped = Counter("chatledger_tokens_clamped", _CLAMPED_HELP, registry=r)
         self.upstream_faults = Counter(
-            "chatledger_upstream_faults",
-            "Model replies that broke the exchange's terms, by kind: usage that cannot be true "
-            "(charged by the estimate instead), or a reply past max_tokens (cut at the budget).",
-            ["provider", "kind"],
-            registry=r,
+            "chatledger_upstream_faults", _UPSTREAM_FAULTS_HELP, ["provider", "kind"], registry=r
         )
         self.reservations_expired = Counter(
             "chatledger_reservations_expired",
