@@ -49,7 +49,7 @@ class ChatState(msgspec.Struct, kw_only=True, frozen=True):
     reserved_milli: int
     deleted: bool
     deleted_ms: int
-    # Holds of dead workers reclaimed, and milli-tokens exchanges cost beyond what the chat could pay.
+    # Holds of dead workers reclaimed, and milli-tokens exchanges cost beyond their holds (not charged).
     expired: int = 0
     clamped_milli: int = 0
 
@@ -69,7 +69,7 @@ class StoredMessage(msgspec.Struct, kw_only=True, frozen=True):
     tokens: int
     # On an AI message: what the exchange (prompt and reply) was charged.
     charged_milli: int
-    # Letters: 't' truncated reply, 's' charge clamped by a shortfall, 'e' usage estimated.
+    # Letters: 't' truncated reply, 's' charge clamped at the hold, 'e' usage estimated.
     flags: str
     timestamp_ms: int
 
@@ -97,7 +97,7 @@ class Reservation(msgspec.Struct, kw_only=True, frozen=True):
 
 class Settlement(msgspec.Struct, kw_only=True, frozen=True):
     charged_milli: int
-    # What the actual cost exceeded the chat's means by: recorded, never charged (used <= limit).
+    # What the actual cost exceeded the hold by (clamped): recorded, never charged.
     shortfall_milli: int
     user_message: StoredMessage
     ai_message: StoredMessage

@@ -1,15 +1,16 @@
 """One message exchange: reserve -> model -> settle, or void on failure (design.md section 4).
 
 Two Redis round trips on the hot path: the reserve (which also returns the priced context) and the
-settle (which charges and appends both messages atomically). Any failure between them voids the hold,
-so nothing is charged and nothing is written; a worker that dies instead leaves a hold that the next
-reserve on the chat reclaims after its deadline.
+settle (which charges and appends both messages atomically, at most the hold). A failure before any of
+the reply reached the client voids the hold, so nothing is charged and nothing is written; a worker
+that dies instead leaves a hold that the next reserve on the chat reclaims after its deadline.
 
-A streamed exchange (issue 3) adds one case: the client leaving mid-reply. The model has then spent the
-prompt and the tokens it sent so far, so those are settled and the partial reply is saved, flagged
-truncated; an upstream failure mid-reply is still a failure, and voids. Each ledger call has one call
-site (`_reserve`, `_settle`, `_void`), and the ones that move money after the model ran are shielded
-from the handler's cancellation, so a client that goes away cannot make spend disappear.
+Once part of a streamed reply reached the client, every ending pays for what the client received and
+nothing else: the client leaving, the model failing or stalling, or the model going past its budget
+(cut there) all settle the prompt plus the tokens delivered and save the partial reply, flagged
+truncated. Each ledger call has one call site (`_reserve`, `_settle`, `_void`), and the ones that move
+money after the model ran are shielded from the handler's cancellation, so a client that goes away
+cannot make spend disappear. When a response ends, its hold is resolved.
 """
 
 from __future__ import annotations
@@ -100,11 +101,12 @@ class Exchange:
     ) -> Exchanged:
         """Like `send`, handing each delta of the reply to `on_delta` as it arrives.
 
-        A failure of the chat (402, 404...) or of the model (ProviderError, before or during the reply)
-        voids the hold and raises; the caller can tell from whether it has sent anything whether to
-        answer with a plain error or end its stream with one. A client that left (`on_delta` raised,
-        or the task was cancelled) gets the partial reply settled, then ClientGone (or the
-        CancelledError) is raised."""
+        A failure of the chat (402, 404...) raises. A failure of the model (ProviderError) raises
+        too, after voiding the hold if no delta was handed on, or settling what was if some were;
+        the caller can tell from whether it has sent anything whether to answer with a plain error
+        or end its stream with one. A client that left (`on_delta` raised, or the task was
+        cancelled) gets the partial reply settled, then ClientGone (or the CancelledError) is
+        raised."""
         reservation = await self._reserve(config, chat_id, content, idempotency)
         try:
             with self._upstream_timer():
@@ -123,7 +125,7 @@ class Exchange:
             raise ClientGone(await self._abandon(config, reservation, content, reply)) from None
         except BaseException:
             await reply.aclose()
-            await _shielded(self._void(reservation))
+            await _shielded(self._fail(config, reservation, content, reply))
             raise
         completion = reply.completion()
         settlement = await _shielded(self._settle(config, reservation, content, completion))
@@ -138,7 +140,21 @@ class Exchange:
     ) -> ledger.Settlement | None:
         """The client left mid-reply: stop the model, then settle what it generated so far."""
         await reply.aclose()
-        return await _shielded(self._settle_partial(config, reservation, content, reply))
+        return await _shielded(self._settle_partial(config, reservation, content, reply, "stream_abandoned"))
+
+    async def _fail(
+        self,
+        config: ledger.ConfigRecord,
+        reservation: ledger.Reservation,
+        content: str,
+        reply: ReplyStream,
+    ) -> None:
+        """The model failed mid-reply: the client pays for the deltas it received, if any (the model
+        server bills the operator for them either way), else for nothing."""
+        if reply.delivered:
+            await self._settle_partial(config, reservation, content, reply, "stream_failed_settled")
+        else:
+            await self._void(reservation)
 
     def _request(
         self, config: ledger.ConfigRecord, reservation: ledger.Reservation, content: str
@@ -187,16 +203,26 @@ class Exchange:
         content: str,
         completion: Completion,
     ) -> ledger.Settlement:
-        settlement = await self._ledger.settle(
-            reservation,
-            charge_milli=charge_milli(config, completion),
-            user_content=content,
-            user_tokens=self._provider.count_tokens(content),
-            reply_content=completion.content,
-            reply_tokens=completion.completion_tokens,
-            flags=("t" if completion.truncated else "") + ("e" if completion.estimated else ""),
-        )
+        """Charge `completion` (the settle clamps it at the hold); a failure that is not a ledger
+        outcome is a bug, and voids the hold before it is raised, so the hold is resolved anyway."""
+        try:
+            settlement = await self._ledger.settle(
+                reservation,
+                charge_milli=charge_milli(config, completion),
+                user_content=content,
+                user_tokens=self._provider.count_tokens(content),
+                reply_content=completion.content,
+                # The stored count prices the reply as context later: never more than was delivered.
+                reply_tokens=min(completion.completion_tokens, reservation.completion_tokens_max),
+                flags=("t" if completion.truncated else "") + ("e" if completion.estimated else ""),
+            )
+        except ledger.LedgerError:
+            raise
+        except Exception:
+            await self._void(reservation)
+            raise
         self._metrics.settled(reservation, settlement)
+        self._metrics.completed(self._provider.name, completion)
         return settlement
 
     async def _settle_partial(
@@ -205,9 +231,10 @@ class Exchange:
         reservation: ledger.Reservation,
         content: str,
         reply: ReplyStream,
+        event: str,
     ) -> ledger.Settlement | None:
-        """Settle what a stream generated before the client left; a failure is logged, not raised,
-        because there is no one left to tell."""
+        """Settle what a stream generated before it was cut short, logged as `event`; a failure is
+        logged, not raised: the client left, or the model's own error is what it will be told."""
         partial = reply.partial()
         try:
             settlement = await self._settle(config, reservation, content, partial)
@@ -215,7 +242,7 @@ class Exchange:
             log.warning("partial_settle_failed", chat_id=reservation.chat_id, code=exc.code)
             return None
         log.info(
-            "stream_abandoned",
+            event,
             chat_id=reservation.chat_id,
             completion_tokens=partial.completion_tokens,
             charged_milli=settlement.charged_milli,

@@ -15,11 +15,18 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.multiprocess import MultiProcessCollector
 
 import ledger
+from service.providers import Completion
 
 # Buckets for Redis scripts (sub-millisecond to tens of ms) and for HTTP and upstream calls (up to a
 # long model answer).
 _REDIS_BUCKETS_S = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 _HTTP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+_CLAMPED_HELP = "Tokens an exchange's reported cost exceeded its hold by: recorded, never charged."
+_UPSTREAM_FAULTS_HELP = (
+    "Model replies that broke the exchange's terms, by kind: usage that cannot be true (charged by the "
+    "estimate instead), or a reply past max_tokens (cut at the budget)."
+)
 
 
 class Metrics:
@@ -45,8 +52,9 @@ class Metrics:
             "Held tokens given back (unused part of a hold, or a void).",
             registry=r,
         )
-        self.tokens_clamped = Counter(
-            "chatledger_tokens_clamped", "Tokens an exchange cost beyond what its chat could pay.", registry=r
+        self.tokens_clamped = Counter("chatledger_tokens_clamped", _CLAMPED_HELP, registry=r)
+        self.upstream_faults = Counter(
+            "chatledger_upstream_faults", _UPSTREAM_FAULTS_HELP, ["provider", "kind"], registry=r
         )
         self.reservations_expired = Counter(
             "chatledger_reservations_expired",
@@ -100,6 +108,13 @@ class Metrics:
             self.tokens_refunded.inc(ledger.from_milli(refund))
         if settlement.shortfall_milli:
             self.tokens_clamped.inc(ledger.from_milli(settlement.shortfall_milli))
+
+    def completed(self, provider: str, completion: Completion) -> None:
+        """Count what a settled reply's model did wrong, if anything (rare: labels looked up then)."""
+        if completion.usage_rejected:
+            self.upstream_faults.labels(provider, "usage_rejected").inc()
+        if completion.over_budget:
+            self.upstream_faults.labels(provider, "over_budget").inc()
 
     def voided(self, released_milli: int) -> None:
         self.tokens_refunded.inc(ledger.from_milli(released_milli))

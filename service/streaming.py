@@ -8,8 +8,10 @@ model that does not answer) is still a plain JSON error with its status. After i
                           "prompt_tokens": ..., "completion_tokens": ..., "estimated": ...}
     event: error   data: {"detail": "...", "code": "...", "status": 502}   instead of done on a failure
 
-A client that disconnects is handled by the exchange: the model is stopped and what it generated is
-settled and saved, flagged truncated.
+Once a delta was sent, the client pays for what it received, however the stream ends (the exchange
+settles it): a client that disconnects, a model that fails or stalls (then the `error` event), or a
+model that goes past the reply budget (cut there, then `done`) each leave the prompt plus the delivered
+tokens charged, never more than the hold, and the partial reply saved, flagged truncated.
 """
 
 from __future__ import annotations

@@ -122,9 +122,10 @@ end
 -- One journal entry per balance move, written by the script that makes the move, so the journal can
 -- never disagree with the counters: the deltas of every entry add up to used, reserved and limit.
 -- Every entry has the same fields, so the stream's listpacks store the names once.
-local function journal(journal_key, op, reservation_id, d_used, d_reserved, d_limit, shortfall)
+-- `clamped` is what a settle's cost exceeded its hold by (recorded, not charged; field 'sf').
+local function journal(journal_key, op, reservation_id, d_used, d_reserved, d_limit, clamped)
   redis.call('XADD', journal_key, '*', 'op', op, 'rid', reservation_id,
-    'du', int(d_used), 'dr', int(d_reserved), 'dl', int(d_limit), 'sf', int(shortfall))
+    'du', int(d_used), 'dr', int(d_reserved), 'dl', int(d_limit), 'sf', int(clamped))
 end
 
 -- Lazy reaping: release open holds whose deadline has passed (their worker died or hung) and forget

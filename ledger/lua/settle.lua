@@ -1,5 +1,5 @@
--- settle: charge an exchange's actual cost, release the rest of its hold, and append the user message
--- and the reply to the history as one atomic pair.
+-- settle: charge an exchange's actual cost, at most its hold, release the rest of the hold, and append
+-- the user message and the reply to the history as one atomic pair.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
 -- KEYS[5] journal stream   KEYS[6] packed token counts (kept in step with the stream)
 -- KEYS[7] (optional) the Idempotency-Key's record, marked done here
@@ -9,11 +9,11 @@
 --         lifetime, with KEYS[7])
 -- ARGV[3] user message content   ARGV[4] its tokens
 -- ARGV[5] reply content          ARGV[6] its tokens
--- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' on a shortfall)
+-- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' when it clamps)
 -- ARGV[8] the two token counts (ARGV[4], ARGV[6]) packed as pack_count packs them, to append as they are
 -- ARGV[9] the request's fingerprint (only with KEYS[7])
 -- Clock: Redis TIME only (stream ids and the retention).
--- Reply: {'ok', charged_milli, shortfall_milli, user_entry_id, reply_entry_id, limit, used, reserved,
+-- Reply: {'ok', charged_milli, clamped_milli, user_entry_id, reply_entry_id, limit, used, reserved,
 --        previous_id, length} where previous_id is the newest message before this pair ('' when the
 --        chat had none, or its token counts are not kept) and length the stream's length after it, so a
 --        worker whose context cache ended at previous_id can add the pair (ledger/context.py);
@@ -44,18 +44,20 @@ if chat.deleted then
   return {'deleted'}
 end
 
--- The prompt estimate can be low (a real upstream counts its own tokens): charge what the chat can still
--- pay and record the rest as a shortfall, so used never passes limit (design.md section 4).
-local payable = chat.limit - chat.used - chat.reserved
-local charged = math.min(charge_milli, payable)
-local shortfall = charge_milli - charged
-if shortfall > 0 then
+-- The hold is the most an exchange can cost (design.md section 4): a cost above it (a low prompt
+-- estimate, or a model server that misreports or ignores max_tokens) is charged the hold, and the
+-- excess is recorded as clamped on the message, the chat and the journal entry. Charging past the hold
+-- up to the chat's limit let one lying usage drain a whole chat. The hold was part of `reserved`, so
+-- used still never passes limit.
+local charged = math.min(charge_milli, granted)
+local clamped = charge_milli - charged
+if clamped > 0 then
   flags = flags .. 's'
-  redis.call('HINCRBY', meta, 'clamped', int(shortfall))
+  redis.call('HINCRBY', meta, 'clamped', int(clamped))
 end
 chat.used = chat.used + charged
 resolve(deadlines, reservations, reservation_id, SETTLED, now, retention_ms)
-journal(journal_key, 'settle', reservation_id, charged, -granted, 0, shortfall)
+journal(journal_key, 'settle', reservation_id, charged, -granted, 0, clamped)
 
 -- Both entries carry the same fields so the stream's listpacks store the field names once.
 local user_id = redis.call('XADD', msgs, '*',
@@ -84,5 +86,5 @@ if record_key then
   redis.call('SET', record_key, 'd|' .. fingerprint .. '|' .. reply_id, 'PX', int(record_ttl_ms))
 end
 -- Integers in the reply (Redis converts a Lua number to one exactly below 2^53): no formatting here.
-return {'ok', charged, shortfall, user_id, reply_id, chat.limit, chat.used, chat.reserved, previous_id,
+return {'ok', charged, clamped, user_id, reply_id, chat.limit, chat.used, chat.reserved, previous_id,
   length}

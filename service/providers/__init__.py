@@ -3,12 +3,16 @@
 The ledger prices a prompt before the call with `count_tokens` (the stored history carries each
 message's count), then charges the provider's own usage after it (design.md section 4). A provider
 answers whole (`complete`) or streamed (`open_stream`); both paths of one prompt charge the same.
+
+A model server is not trusted to keep the exchange's terms: usage that cannot be true is replaced by
+the service's own count (`Usage` says what can be true), and a reply past `max_tokens` is cut at the
+budget on the wire (`ReplyStream` for streams, `cut_to_budget` for whole replies).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
 
 import msgspec
 
@@ -51,18 +55,34 @@ class CompletionRequest(msgspec.Struct, frozen=True, kw_only=True):
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
     content: str
     prompt_tokens: int
+    # As the model reported it, which may exceed max_tokens: the settle then charges the hold, no more.
     completion_tokens: int
-    # The reply stopped at max_tokens (or the client left): saved with the 't' flag.
+    # The reply stopped at max_tokens (or the client left, or the model failed): saved with 't'.
     truncated: bool = False
-    # The upstream gave no usage and the counts are the service's own estimate: saved with 'e'.
+    # The upstream gave no usable usage and the counts are the service's own estimate: saved with 'e'.
     estimated: bool = False
+    # The upstream's usage could not be true and was replaced by the estimate (counted in the metrics).
+    usage_rejected: bool = False
+    # The model went past max_tokens and the reply was cut at the budget (counted in the metrics).
+    over_budget: bool = False
+
+
+# More tokens than any model reads or writes in one exchange (the largest context windows hold about
+# 10^7): a count above it is a bug or a lie, not a measurement. Times a weight of at most 10^6
+# milli-tokens (ledger/limits.py) a charge priced from such counts stays below 2^53, exact in Lua.
+USAGE_TOKENS_MAX = 10**8
+
+# A count a model can truly report: a whole number (not a float, not a string), at least 1 (neither a
+# prompt nor a reply is ever empty) and at most USAGE_TOKENS_MAX.
+TokenCount = Annotated[int, msgspec.Meta(ge=1, le=USAGE_TOKENS_MAX)]
 
 
 class Usage(msgspec.Struct, frozen=True):
-    """Token counts as the model reported them."""
+    """Token counts as the model reported them. Decoding checks that they can be true (`TokenCount`,
+    both present); providers that count for themselves construct it without the check."""
 
-    prompt_tokens: int
-    completion_tokens: int
+    prompt_tokens: TokenCount
+    completion_tokens: TokenCount
 
 
 class StreamEnd(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,10 +92,13 @@ class StreamEnd(msgspec.Struct, frozen=True, kw_only=True):
     usage: Usage | None = None
     # The usage is the provider's own estimate (a whole reply relayed as one delta may carry one).
     estimated: bool = False
+    # The upstream sent usage that could not be true: `usage` is None and the reply is estimated.
+    usage_rejected: bool = False
 
 
 class ProviderError(Exception):
-    """The model failed before a reply was complete; nothing is charged (502)."""
+    """The model failed before a reply was complete (502): nothing is charged unless part of the reply
+    reached the client, which then pays for that part (design.md section 4)."""
 
     code = "upstream_error"
 
@@ -100,14 +123,32 @@ def estimate_prompt_tokens(request: CompletionRequest, count_tokens: TokenCounte
     return sum(map(count_tokens, prompt_texts(request)))
 
 
+def cut_to_budget(text: str, max_tokens: int, count_tokens: TokenCounter) -> str:
+    """`text` if `count_tokens` finds at most `max_tokens` in it, else its longest prefix that fits.
+
+    A counter only counts, so the cut is found by bisection: a prefix never has more tokens than the
+    text it starts, and only a reply past its budget (a model ignoring max_tokens) pays the log(n)
+    counts."""
+    if count_tokens(text) <= max_tokens:
+        return text
+    fits, too_long = 0, len(text)  # count(text[:fits]) <= max_tokens < count(text[:too_long])
+    while too_long - fits > 1:
+        middle = (fits + too_long) // 2
+        if count_tokens(text[:middle]) <= max_tokens:
+            fits = middle
+        else:
+            too_long = middle
+    return text[:fits].rstrip()
+
+
 class ReplyStream:
     """A reply the model has started to generate: from here on its prompt is spent.
 
     Iterate `deltas()` for the text as it arrives; when it ends, `completion()` is the whole reply with
-    the upstream's usage (or the estimate, flagged). If the caller stops early (the client left),
-    `aclose()` cancels the upstream and `partial()` prices what was generated so far: the prompt plus
-    one token per delta received, never more than `max_tokens`, flagged truncated and estimated
-    (issue 3).
+    the upstream's usage (or the estimate, flagged). If it stops early (the client left, or the model
+    failed), `aclose()` cancels the upstream and `partial()` prices what was generated so far: the
+    prompt plus one token per delta received, never more than `max_tokens`, flagged truncated and
+    estimated. A model that goes on past `max_tokens` deltas is cut there, as if it had stopped.
     """
 
     def __init__(
@@ -126,16 +167,28 @@ class ReplyStream:
         self._token_per_delta = token_per_delta
         self._parts: list[str] = []
         self._end: StreamEnd | None = None
+        self._over_budget = False
 
     async def deltas(self) -> AsyncGenerator[str, None]:
         """The reply's text pieces; raises ProviderError if the upstream fails or stops mid-way."""
+        # A reply relayed whole is one delta, already cut to the budget by its provider.
+        budget = self.request.max_tokens if self._token_per_delta else None
         async for event in self._events:
             if isinstance(event, StreamEnd):
                 self._end = event
                 continue
             if event:
+                if len(self._parts) == budget:
+                    # A delta past the budget: the model ignores max_tokens. Nothing more is relayed
+                    # (the chat cannot pay for it) and the upstream is closed below, which stops it.
+                    self._over_budget = True
+                    break
                 self._parts.append(event)
                 yield event
+        if self._over_budget:
+            await self._events.aclose()
+            self._end = StreamEnd(truncated=True)
+            return
         if self._end is None:
             raise ProviderError("The model's stream ended before the reply was complete.")
         if not self._parts:
@@ -144,6 +197,11 @@ class ReplyStream:
     @property
     def text(self) -> str:
         return "".join(self._parts)
+
+    @property
+    def delivered(self) -> bool:
+        """Whether any of the reply was handed on (to the client, when the caller relays it)."""
+        return bool(self._parts)
 
     def completion(self) -> Completion:
         """The finished reply; only valid after `deltas()` ended without an error."""
@@ -163,10 +221,12 @@ class ReplyStream:
             completion_tokens=self._generated_tokens(),
             truncated=self._end.truncated,
             estimated=True,
+            usage_rejected=self._end.usage_rejected,
+            over_budget=self._over_budget,
         )
 
     def partial(self) -> Completion:
-        """What was generated before the stream was cut short by the caller."""
+        """What was generated before the stream was cut short (the caller left, or the model failed)."""
         return Completion(
             content=self.text,
             prompt_tokens=estimate_prompt_tokens(self.request, self._count_tokens),

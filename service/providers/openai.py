@@ -10,7 +10,9 @@ Failures before the first byte of a 200 answer (connect errors, timeouts, 408/40
 a bounded number of times with a doubling backoff; after the first byte nothing is retried, because the
 model has started spending. There is no tokenizer here: tiktoken downloads its tables at run time and a
 self-hosted model has its own anyway, so `count_tokens` is a deliberately high estimate, used to price
-the prompt before the call and, flagged 'e', when an upstream sends no usage (issue 3).
+the prompt before the call and, flagged 'e', when an upstream sends no usage, or usage that cannot be
+true (negative, fractional, absurdly large, not a number, incomplete): such usage is logged and
+treated as missing, never trusted and never a failure.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import asyncio
 import re
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Final, Literal
 
 import aiohttp
 import msgspec
@@ -34,6 +36,7 @@ from service.providers import (
     ReplyStream,
     StreamEnd,
     Usage,
+    cut_to_budget,
     estimate_prompt_tokens,
 )
 from service.settings import Settings, SettingsError
@@ -62,9 +65,6 @@ def estimate_tokens(text: str) -> int:
 
 
 # --- the wire format (only the fields we read; unknown ones are ignored) --------------------------------
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class _Message(msgspec.Struct):
@@ -78,7 +78,9 @@ class _Choice(msgspec.Struct):
 
 class _Response(msgspec.Struct):
     choices: list[_Choice]
-    usage: _Usage | None = None
+    # Kept undecoded (an empty Raw when absent), so that usage that cannot be true makes the usage
+    # missing, not the whole answer unreadable: `_usage_of` decodes it on its own.
+    usage: msgspec.Raw = msgspec.Raw()
 
 
 class _Delta(msgspec.Struct):
@@ -94,13 +96,31 @@ class _ChunkChoice(msgspec.Struct):
 class _Chunk(msgspec.Struct):
     # Null or empty on the usage chunk, depending on the server.
     choices: list[_ChunkChoice] | None = None
-    usage: _Usage | None = None
+    # As in _Response; most servers send `"usage": null` on every chunk but the last.
+    usage: msgspec.Raw = msgspec.Raw()
     # Some servers report a failure inside a started stream as `data: {"error": {...}}`.
     error: Any = None
 
 
 _RESPONSE_DECODER = msgspec.json.Decoder(_Response)
 _CHUNK_DECODER = msgspec.json.Decoder(_Chunk)
+# Usage's own constraints (service/providers/__init__.py) say what a model can truly report.
+_USAGE_DECODER = msgspec.json.Decoder(Usage | None)
+
+# What `_usage_of` answers for usage that was sent but cannot be true.
+_REJECTED: Final = "rejected"
+
+
+def _usage_of(raw: msgspec.Raw) -> Usage | Literal["rejected"] | None:
+    """The upstream's usage; None when it sent none; _REJECTED (logged) when it cannot be true."""
+    if not raw:
+        return None
+    try:
+        return _USAGE_DECODER.decode(raw)
+    except msgspec.DecodeError as exc:  # a ValidationError is one
+        # msgspec's message names the field and the broken rule, never a value of the reply.
+        log.warning("upstream_usage_rejected", reason=str(exc))
+        return _REJECTED
 
 
 class _Retry(Exception):
@@ -194,20 +214,28 @@ class OpenAIProvider:
         content = choice.message.content
         if not content:
             raise ProviderError("The model returned an empty reply.")
-        truncated = choice.finish_reason == "length"
-        if answer.usage is not None:
-            return Completion(
-                content=content,
-                prompt_tokens=answer.usage.prompt_tokens,
-                completion_tokens=answer.usage.completion_tokens,
-                truncated=truncated,
-            )
+        usage = _usage_of(answer.usage)
+        if isinstance(usage, Usage):
+            prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        else:
+            prompt_tokens = estimate_prompt_tokens(request, self.count_tokens)
+            completion_tokens = self.count_tokens(content)
+        # Past the budget by the model's own report, or by the estimate when it made none: the reply is
+        # cut to what the hold pays for. The reported count stays, so the settle clamps it at the hold
+        # and records the excess; an estimate is the budget, since the rest was never delivered.
+        over_budget = completion_tokens > request.max_tokens
+        if over_budget:
+            content = cut_to_budget(content, request.max_tokens, self.count_tokens)
+            if not isinstance(usage, Usage):
+                completion_tokens = request.max_tokens
         return Completion(
             content=content,
-            prompt_tokens=estimate_prompt_tokens(request, self.count_tokens),
-            completion_tokens=min(self.count_tokens(content), request.max_tokens),
-            truncated=truncated,
-            estimated=True,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            truncated=over_budget or choice.finish_reason == "length",
+            estimated=not isinstance(usage, Usage),
+            usage_rejected=usage is _REJECTED,
+            over_budget=over_budget,
         )
 
     # --- streamed replies ----------------------------------------------------------------------------
@@ -222,7 +250,7 @@ class OpenAIProvider:
         """Deltas of choice 0, then one StreamEnd. The response is closed however this ends, which is
         what cancels the generation upstream when the caller stops early."""
         finish: str | None = None
-        usage: Usage | None = None
+        usage: Usage | Literal["rejected"] | None = None
         done = False
         try:
             async with aclosing(_sse_data(response, deadline)) as events:
@@ -231,8 +259,7 @@ class OpenAIProvider:
                         done = True
                         break
                     chunk = _decode_chunk(data)
-                    if chunk.usage is not None:
-                        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+                    usage = _usage_of(chunk.usage) or usage
                     for choice in chunk.choices or ():
                         if choice.index != 0:
                             continue
@@ -247,7 +274,11 @@ class OpenAIProvider:
                 response.release()
             else:
                 response.close()
-        yield StreamEnd(truncated=finish == "length", usage=usage)
+        yield StreamEnd(
+            truncated=finish == "length",
+            usage=usage if isinstance(usage, Usage) else None,
+            usage_rejected=usage is _REJECTED,
+        )
 
     # --- the request ---------------------------------------------------------------------------------
     def body(self, request: CompletionRequest, *, stream: bool) -> bytes:

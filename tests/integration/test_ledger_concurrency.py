@@ -387,7 +387,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         assert isinstance(result, Settlement), result
         model.resolve(reservation.reservation_id, ReservationAlreadySettled)
-        charged = min(charge, model.limit - model.used - model.reserved)
+        # The hold is the most an exchange can cost (design.md section 4).
+        charged = min(charge, reservation.granted_milli)
         model.used += charged
         model.history_tokens += [1, reply_tokens]
         assert (result.charged_milli, result.shortfall_milli) == (charged, charge - charged)

@@ -267,13 +267,25 @@ class TestSettle:
         page = await ledger.read_history(config.config_id, chat.chat_id, HistoryQuery(limit=10))
         assert [message.content for message in page.items] == ["q2", "a2", "q1", "a1"]
 
-    async def test_charge_above_the_grant_within_means(self, ledger: Ledger, config: ConfigRecord) -> None:
-        """A cost above the grant (a low prompt estimate) is charged in full while the chat can pay it."""
+    async def test_charge_above_the_grant_is_clamped_to_it(
+        self, ledger: Ledger, config: ConfigRecord, redis_client: Redis, keyspace: Keyspace
+    ) -> None:
+        """A cost above the grant is charged the grant even when the chat could pay more: the hold is
+        the most an exchange can cost, and the excess is recorded as clamped ('s', the meta, the journal)."""
         chat = await ledger.create_chat(config, 1_000_000)
         reservation = await reserve(ledger, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
+        assert reservation.granted_milli == 2_000
         settlement = await settle(ledger, reservation, charge_milli=50_000)
-        assert (settlement.charged_milli, settlement.shortfall_milli) == (50_000, 0)
-        assert settlement.ai_message.flags == ""
+        assert (settlement.charged_milli, settlement.shortfall_milli) == (2_000, 48_000)
+        assert (settlement.used_milli, settlement.reserved_milli) == (2_000, 0)
+        assert settlement.ai_message.flags == "s"
+        assert await meta_field(redis_client, keyspace, chat.chat_id, "clamped") == 48_000
+        journal = await ledger.read_journal(chat.chat_id)
+        assert (journal[-1].op, journal[-1].used_delta_milli, journal[-1].shortfall_milli) == (
+            "settle",
+            2_000,
+            48_000,
+        )
 
     @pytest.mark.parametrize("flags", ["", "t"])
     async def test_clamps_a_charge_the_chat_cannot_pay(
@@ -299,17 +311,18 @@ class TestSettle:
         assert await meta_field(redis_client, keyspace, chat.chat_id, "clamped") == 5_500
 
     async def test_clamp_leaves_other_holds_payable(self, ledger: Ledger, config: ConfigRecord) -> None:
-        """A clamped charge never eats into another exchange's open hold: used + reserved <= limit."""
+        """A clamped charge takes its own hold only, never the chat's free balance or another
+        exchange's open hold."""
         chat = await ledger.create_chat(config, 100_000)
         first = await reserve(ledger, config, chat.chat_id, prompt_tokens=10, completion_tokens_max=20)
         second = await reserve(ledger, config, chat.chat_id, prompt_tokens=10, completion_tokens_max=20)
+        assert first.granted_milli == second.granted_milli == 30_000
         settlement = await settle(ledger, first, charge_milli=500_000)
-        assert settlement.charged_milli == 100_000 - second.granted_milli
-        assert settlement.shortfall_milli == 500_000 - settlement.charged_milli
-        assert settlement.used_milli + settlement.reserved_milli == 100_000
+        assert (settlement.charged_milli, settlement.shortfall_milli) == (30_000, 470_000)
+        assert (settlement.used_milli, settlement.reserved_milli) == (30_000, 30_000)
         final = await settle(ledger, second, charge_milli=second.granted_milli)
-        assert (final.charged_milli, final.shortfall_milli) == (second.granted_milli, 0)
-        assert (final.used_milli, final.reserved_milli) == (100_000, 0)
+        assert (final.charged_milli, final.shortfall_milli) == (30_000, 0)
+        assert (final.used_milli, final.reserved_milli) == (60_000, 0)
 
     async def test_zero_charge(self, ledger: Ledger, config: ConfigRecord) -> None:
         """A free exchange (charge 0) still writes the pair and releases the hold."""

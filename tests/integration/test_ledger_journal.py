@@ -26,7 +26,7 @@ class TestJournal:
         await ledger.top_up(config.config_id, chat.chat_id, 1_000)
         await asyncio.sleep(0.08)
         greedy = await reserve(ledger, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
-        await settle(ledger, greedy, charge_milli=500_000)  # far above what the chat has: clamped
+        await settle(ledger, greedy, charge_milli=500_000)  # far above its hold: clamped
 
         entries = await ledger.read_journal(chat.chat_id)
         assert [e.op for e in entries] == [
@@ -39,7 +39,8 @@ class TestJournal:
         assert result.ok
         assert result.entries == len(entries)
         assert result.expired == 1
-        assert result.chat.used_milli == result.used_sum_milli == result.chat.limit_milli
+        assert result.chat.used_milli == result.used_sum_milli == 8_000 + greedy.granted_milli
+        assert entries[-1].shortfall_milli == 500_000 - greedy.granted_milli
         assert result.shortfall_milli == entries[-1].shortfall_milli
 
     async def test_refusals_write_nothing(self, ledger: Ledger, config: ConfigRecord) -> None:

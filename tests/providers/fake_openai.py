@@ -5,7 +5,11 @@ Server-Sent Events of `chat.completion.chunk` objects ending with `data: [DONE]`
 only when `stream_options.include_usage` asks for it. Each request takes the next `Behavior` of
 `FakeOpenAI.script` (the default one once the script is empty), so a test states the upstream it needs:
 errors (429, 500), a slow first byte, a connection cut mid-reply, malformed or empty bodies, a stream
-that pauses after k chunks. Every request is recorded (path, headers, JSON body) for the wire checks.
+that pauses after k chunks, and a model server that misbehaves: usage that cannot be true (negative,
+huge, fractional, a string, fields missing), usage above max_tokens, a reply that ignores max_tokens,
+an error chunk after k chunks. The failures after k chunks have a whole-answer form too (the body cut,
+an error object instead of the completion, a pause mid-body). Every request is recorded (path,
+headers, JSON body) for the wire checks.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from aiohttp import web
 from service.providers.openai import estimate_tokens
 
 DEFAULT_REPLY = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
+# A `usage_patch` value that removes the field from the usage object.
+DROP = "<drop>"
 # What the fake adds per message to the prompt's count, as real chat templates do: so the tests can
 # tell the upstream's usage from the service's own estimate.
 MESSAGE_OVERHEAD_TOKENS = 3
@@ -36,14 +42,23 @@ class Behavior(msgspec.Struct, kw_only=True):
     status: int = 200
     # Wait for FakeOpenAI.release before sending anything (a slow first byte).
     hang: bool = False
-    # Streamed: after this many content chunks, close the connection without finishing.
+    # Streamed: after this many content chunks, close the connection without finishing. Whole: close
+    # it halfway through the body.
     cut_after: int | None = None
-    # Streamed: after this many content chunks, wait for FakeOpenAI.release, then go on.
+    # Streamed: after this many content chunks, wait for FakeOpenAI.release, then go on. Whole: wait
+    # halfway through the body.
     pause_after: int | None = None
     # Send a body that is not a chat completion (non-streamed) or a chunk that is not JSON (streamed).
     malformed: bool = False
-    # Streamed: send `data: {"error": ...}` after this many content chunks.
+    # Streamed: send `data: {"error": ...}` after this many content chunks. Whole: answer 200 with an
+    # error object instead of the completion.
     error_after: int | None = None
+    # Fields merged over the true usage, e.g. {"completion_tokens": -3}; DROP removes a field.
+    usage_patch: dict[str, Any] | None = None
+    # Send this as the usage, whatever it is (a string, a number); UNSET sends the true usage.
+    usage_as: Any = msgspec.UNSET
+    # Send the whole reply whatever max_tokens says, and report its true length in the usage.
+    ignore_max_tokens: bool = False
 
 
 class Recorded(msgspec.Struct):
@@ -85,6 +100,8 @@ class FakeOpenAI:
                 return _error(behavior.status)
             if body.get("stream"):
                 return await self._stream(request, body, behavior)
+            if behavior.cut_after is not None or behavior.pause_after is not None:
+                return await self._whole_broken(request, body, behavior)
             return self._whole(body, behavior)
         except (asyncio.CancelledError, ConnectionResetError):
             # The client dropped the connection: aiohttp cancels the handler or the next write fails.
@@ -94,6 +111,8 @@ class FakeOpenAI:
     def _whole(self, body: dict[str, Any], behavior: Behavior) -> web.Response:
         if behavior.malformed:
             return web.Response(body=b'{"choices": [{"message": ', content_type="application/json")
+        if behavior.error_after is not None:
+            return web.json_response({"error": {"message": "overloaded", "type": "server_error"}})
         pieces, finish = _reply(body, behavior)
         answer: dict[str, Any] = {
             **_envelope("chat.completion"),
@@ -107,8 +126,28 @@ class FakeOpenAI:
             ],
         }
         if behavior.usage:
-            answer["usage"] = _usage(body, len(pieces))
+            answer["usage"] = _usage(body, len(pieces), behavior)
         return web.json_response(answer)
+
+    async def _whole_broken(
+        self, request: web.Request, body: dict[str, Any], behavior: Behavior
+    ) -> web.StreamResponse:
+        """A good answer's headers and the first half of its body, then the cut or the pause."""
+        encoded = self._whole(body, msgspec.structs.replace(behavior, cut_after=None, pause_after=None)).body
+        assert isinstance(encoded, bytes)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(encoded)
+        await response.prepare(request)
+        await response.write(encoded[: len(encoded) // 2])
+        if behavior.cut_after is not None:
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        self.paused.set()
+        await self.release.wait()
+        await response.write(encoded[len(encoded) // 2 :])
+        await response.write_eof()
+        return response
 
     async def _stream(
         self, request: web.Request, body: dict[str, Any], behavior: Behavior
@@ -136,9 +175,8 @@ class FakeOpenAI:
             await _send(response, _chunk({"content": piece}, None, extra))
         await _send(response, _chunk({}, finish, extra))
         if with_usage:
-            await _send(
-                response, {**_envelope("chat.completion.chunk"), "choices": [], **_usage_of(body, pieces)}
-            )
+            usage = {"usage": _usage(body, len(pieces), behavior)}
+            await _send(response, {**_envelope("chat.completion.chunk"), "choices": [], **usage})
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -148,7 +186,7 @@ def _reply(body: dict[str, Any], behavior: Behavior) -> tuple[list[str], str]:
     """The pieces a real model would send for this body: cut at max_tokens, with its finish reason."""
     max_tokens = body.get("max_tokens")
     pieces = behavior.reply
-    if isinstance(max_tokens, int) and len(pieces) > max_tokens:
+    if isinstance(max_tokens, int) and len(pieces) > max_tokens and not behavior.ignore_max_tokens:
         return pieces[:max_tokens], "length"
     return list(pieces), "stop"
 
@@ -158,17 +196,22 @@ def prompt_tokens_of(body: dict[str, Any]) -> int:
     return sum(estimate_tokens(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in body["messages"])
 
 
-def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
+def _usage(body: dict[str, Any], completion_tokens: int, behavior: Behavior) -> Any:
+    """The true usage, or what the behaviour sends instead."""
+    if behavior.usage_as is not msgspec.UNSET:
+        return behavior.usage_as
     prompt = prompt_tokens_of(body)
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt + completion_tokens,
     }
-
-
-def _usage_of(body: dict[str, Any], pieces: list[str]) -> dict[str, Any]:
-    return {"usage": _usage(body, len(pieces))}
+    for field, value in (behavior.usage_patch or {}).items():
+        if value == DROP:
+            usage.pop(field, None)
+        else:
+            usage[field] = value
+    return usage
 
 
 def _envelope(kind: str) -> dict[str, Any]:

@@ -7,78 +7,40 @@ The fake's reply is 10 tokens. So:
 
 - with the upstream's usage, streamed or not: 14 x 1.5 + 10 x 2.0 = 41.0 tokens;
 - with no usage (estimated, flagged): 8 x 1.5 + 10 x 2.0 = 32.0 tokens;
-- a stream the client leaves after k = 3 deltas: 8 x 1.5 + 3 x 2.0 = 18.0 tokens, saved truncated;
-- every failure: 0, with `reserved` back where it was.
+- a stream the client leaves, or the model breaks, after k = 3 deltas: 8 x 1.5 + 3 x 2.0 = 18.0
+  tokens, saved truncated;
+- every failure before any delta reached the client: 0, with `reserved` back where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import pytest
 import pytest_asyncio
 import structlog
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestClient, unused_port
+from aiohttp.test_utils import unused_port
 from redis.asyncio import Redis
 
 import ledger
 from service.app import create_app
 from service.providers import provider_from_settings
 from service.settings import Settings, SettingsError, settings_from_env
-from tests.http.conftest import Api, new_tenant
-from tests.providers.conftest import READ_TIMEOUT_S
+from tests.http.conftest import Api
 from tests.providers.fake_openai import Behavior, FakeOpenAI
-from tests.providers.sse import STREAM_HEADERS, Event, all_events, events, reply_of
-
-SYSTEM = "You are terse."
-CONTENT = "Tell me about foxes"
-WEIGHTS = {"prompt_weight_milli": 1500, "completion_weight_milli": 2000}
-KEYS = ledger.Keyspace("cltest")
-# The read timeout of tests that pause the upstream while the test acts: long enough that a slow CI
-# machine never turns the pause into a timeout, and never reached when the test works.
-PATIENT_S = 30.0
-
-
-class Upstream:
-    """An app on the test's Redis whose `openai` provider (built from the settings, as in
-    production) talks to the fake; one tenant with the weights above."""
-
-    def __init__(self, redis: Redis, tenants: ledger.TenantStore, fake: FakeOpenAI, make: Any) -> None:
-        self.redis = redis
-        self.tenants = tenants
-        self.fake = fake
-        self._make = make
-
-    def settings(self, **overrides: Any) -> Settings:
-        fields: dict[str, Any] = {
-            "redis_url": "redis://unused",
-            "key_prefix": "cltest",
-            "auth_cache_ttl_s": 0,
-            "log_format": "json",
-            "provider": "openai",
-            "openai_base_url": self.fake.base_url,
-            "openai_api_key": "sk-test-key",
-            "openai_model": "fake-model",
-            "openai_read_timeout_s": READ_TIMEOUT_S,
-            "openai_retry_backoff_s": 0,
-        }
-        return Settings(**{**fields, **overrides})
-
-    async def api(
-        self, *, settings: Settings | None = None, **config: Any
-    ) -> tuple[Api, ledger.ConfigRecord]:
-        record, key = await new_tenant(self.tenants, system_prompt=SYSTEM, **{**WEIGHTS, **config})
-        client: TestClient[web.Request, web.Application] = await self._make(
-            create_app(settings or self.settings(), redis=self.redis)
-        )
-        return Api(client, key), record
-
-    async def meta(self, chat_id: str) -> dict[str, str]:
-        return cast(dict[str, str], await self.redis.hgetall(KEYS.chat_meta(chat_id)))
+from tests.providers.sse import STREAM_HEADERS, events, reply_of
+from tests.providers.upstream import (
+    CONTENT,
+    KEYS,
+    PATIENT_S,
+    Upstream,
+    done_of,
+    eventually,
+    send,
+)
 
 
 @pytest_asyncio.fixture
@@ -86,30 +48,6 @@ async def upstream(
     aiohttp_client: Any, redis_client: Redis, tenants: ledger.TenantStore, fake_openai: FakeOpenAI
 ) -> Upstream:
     return Upstream(redis_client, tenants, fake_openai, aiohttp_client)
-
-
-async def send(api: Api, chat_id: str, *, stream: bool) -> tuple[int, Any, list[Event]]:
-    """One message, as JSON or as a stream: (status, JSON body or None, events)."""
-    headers = {"X-API-Key": api.api_key, **(STREAM_HEADERS if stream else {})}
-    body = msgspec.json.encode({"chat_id": chat_id, "content": CONTENT})
-    async with api.client.post("/chats/messages/", data=body, headers=headers) as response:
-        if response.headers["Content-Type"].startswith("text/event-stream"):
-            return response.status, None, await all_events(response)
-        return response.status, await response.json(), []
-
-
-def done_of(received: list[Event]) -> dict[str, Any]:
-    assert [name for name, _ in received][-1] == "done", received
-    message: dict[str, Any] = received[-1][1]
-    return message
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait for a condition the service reaches on its own after the client left (bounded by the
-    test timeout); the assertions that follow are on exact values."""
-    # The state is in Redis, written by a server task the test cannot await: polling is the only way.
-    while not await check():  # noqa: ASYNC110
-        await asyncio.sleep(0.005)
 
 
 class TestSameChargeEitherWay:
@@ -248,7 +186,7 @@ FAILS_MID_STREAM = [
 ]
 
 
-class TestFailuresChargeNothing:
+class TestFailures:
     async def _chat_with_a_hold(self, upstream: Upstream, api: Api, config: ledger.ConfigRecord) -> str:
         """A chat with another request's hold open, so "reserved is back" means back to that hold."""
         chat: str = (await api.create_chat(1000))["chat_id"]
@@ -292,8 +230,8 @@ class TestFailuresChargeNothing:
     async def test_failures_mid_stream_end_with_an_error_event(
         self, upstream: Upstream, behavior: Behavior, delivered: int, status: int, code: str
     ) -> None:
-        """A stream that breaks after some deltas ends with an `error` event in the JSON error shape;
-        the reply is not saved and nothing is charged."""
+        """A stream that breaks after k deltas ends with an `error` event in the JSON error shape; the
+        client pays for what it received (8 x 1.5 + k x 2.0), and the partial reply is saved truncated."""
         upstream.fake.default = behavior
         api, config = await upstream.api()
         chat = await self._chat_with_a_hold(upstream, api, config)
@@ -306,8 +244,15 @@ class TestFailuresChargeNothing:
         assert received[-1][1]["detail"]
         assert len(upstream.fake.requests) == 1
         meta = await upstream.meta(chat)
-        assert (meta["used"], meta["reserved"]) == ("0", "17500")
-        assert (await api.call("GET", f"/chats/{chat}/messages/"))[1]["total"] == 0
+        assert (meta["used"], meta["reserved"]) == (str(12_000 + delivered * 2000), "17500")
+        history = (await api.call("GET", f"/chats/{chat}/messages/"))[1]
+        assert history["total"] == 2
+        reply = history["items"][1]
+        assert (reply["content"], reply["truncated"], reply["tokens_charged"]) == (
+            reply_of(received),
+            True,
+            12.0 + delivered * 2.0,
+        )
 
     async def test_a_chat_deleted_mid_stream_ends_with_its_error(self, upstream: Upstream) -> None:
         """A chat deleted while its reply streams takes no message and no tokens: the stream ends with

@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import unused_port
+from hypothesis import given
+from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
 from service.providers import (
@@ -14,8 +16,11 @@ from service.providers import (
     ProviderError,
     ProviderTimeout,
     ReplyStream,
+    TokenCounter,
+    cut_to_budget,
     estimate_prompt_tokens,
 )
+from service.providers.offline import OfflineModel
 from service.providers.openai import OpenAIProvider, estimate_tokens
 from tests.providers.fake_openai import DEFAULT_REPLY, Behavior, FakeOpenAI, prompt_tokens_of
 
@@ -349,3 +354,22 @@ def msgspec_replace(request: CompletionRequest, **changes: Any) -> CompletionReq
     import msgspec
 
     return msgspec.structs.replace(request, **changes)
+
+
+class TestCutToBudget:
+    @pytest.mark.parametrize(
+        "count", [estimate_tokens, OfflineModel().count_tokens], ids=["estimator", "offline"]
+    )
+    @given(text=st.text(alphabet=st.sampled_from("ab1 .é\n"), max_size=60), budget=st.integers(1, 12))
+    def test_the_longest_prefix_that_fits(self, count: TokenCounter, text: str, budget: int) -> None:
+        """A text within its budget is kept whole; a longer one is cut to a prefix of at most `budget`
+        tokens, such that reaching its next visible character would pass the budget."""
+        cut = cut_to_budget(text, budget, count)
+        assert text.startswith(cut)
+        assert count(cut) <= budget
+        if count(text) <= budget:
+            assert cut == text
+        else:
+            rest = text[len(cut) :]
+            next_visible = len(cut) + len(rest) - len(rest.lstrip()) + 1
+            assert count(text[:next_visible]) > budget
