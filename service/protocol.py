@@ -30,6 +30,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http import RawRequestMessage
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -98,18 +99,33 @@ class EdgeRequestHandler(web.RequestHandler):
         if self._close or self._force_close or self._upgraded:
             super().data_received(data)
             return
-        body_done = self._last_payload is None or self._last_payload.is_eof()
+        payload = self._last_payload
+        body_done = payload is None or payload.is_eof()
         parsed = self._request_count
         super().data_received(data)
         if self._request_count != parsed:
             # A head is complete (or refused): its clock stops, and the next one's starts with its bytes.
             self._cancel_header_timer()
+            if payload is not None and not payload.is_eof():
+                self._fail_body(payload)
             self._last_payload = self._messages[-1][1] if self._messages else None
         elif body_done and data:
             # The previous request was whole before these bytes: they begin the next request's head.
             self._head_bytes = True
             if self._header_timer is None:
                 self._arm_header_timer()
+
+    def _fail_body(self, payload: StreamReader) -> None:
+        """The parser refused bytes of a body being read (a bad chunk size): aiohttp queues that refusal
+        as a request of its own and leaves the handler reading the body waiting for bytes that will
+        never come. The handler's read fails instead, and answers the 400 itself."""
+        if (
+            self._waiter is None
+            and self._messages
+            and not isinstance(self._messages[-1][0], RawRequestMessage)
+        ):
+            self._messages.pop()
+            payload.set_exception(web.RequestPayloadError("The request body's framing is not valid."))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
