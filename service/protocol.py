@@ -29,8 +29,8 @@ import asyncio
 from typing import Any
 
 import structlog
-from aiohttp import web
-from aiohttp.http import RawRequestMessage
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -207,6 +207,22 @@ class EdgeRequestHandler(web.RequestHandler):
             self._metrics.request_done(_NO_METHOD, UNPARSED_ROUTE, status, 0.0)
 
 
+def _refusing_unknown_expectations(handler: Any) -> Any:
+    """The app's handler, with an `Expect` other than `100-continue` refused (417) before it runs.
+
+    aiohttp refuses it too, before any middleware, but echoes the header's value into the body, so a
+    value that is not UTF-8 makes that refusal itself fail, as a 500."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect and request.version == HttpVersion11 and expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed()
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    return handle
+
+
 class EdgeServer(web.Server):
     """aiohttp's Server, building EdgeRequestHandler for each connection."""
 
@@ -238,7 +254,7 @@ class EdgeAppRunner(web.AppRunner):
         # handler, request factory and arguments.
         made = await super()._make_server()
         return EdgeServer(
-            made.request_handler,
+            _refusing_unknown_expectations(made.request_handler),
             request_factory=made.request_factory,
             handler_cancellation=made.handler_cancellation,
             loop=made._loop,

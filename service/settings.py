@@ -104,6 +104,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         float,
         _meta("seconds a client has to send a request's line and headers, then 408", gt=0, le=300),
     ] = 10.0
+    # An idle kept-alive connection is closed after this long (aiohttp's default is an hour). It also
+    # bounds a request head pipelined behind a whole request, which the header timeout cannot see start.
+    # Keep it above the idle time the proxy in front gives its pooled connections to the workers.
+    keepalive_timeout_s: Annotated[
+        float, _meta("seconds an idle kept-alive connection stays open", gt=0, le=3600)
+    ] = 75.0
     # Test and demo only: each message request waits this long before it is handled (service/delay.py).
     message_delay_ms: Annotated[
         int, _meta("test and demo only: each message request waits this long first", ge=0, le=600_000)

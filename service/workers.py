@@ -77,6 +77,7 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     return EdgeAppRunner(
         app,
         header_timeout_s=settings.header_timeout_s,
+        keepalive_timeout=settings.keepalive_timeout_s,
         access_log=None,
         shutdown_timeout=settings.shutdown_timeout_s,
     )
