@@ -60,7 +60,7 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "max_output_tokens": ["0", "1000001"],
     "history_messages": ["-1", "1001"],
     "history_tokens": ["-1", "2000001"],
-    "reservation_ttl_s": ["1e30", "0", "7201"],
+    "reservation_ttl_s": ["1e30", "1" + "0" * 30, "0", "7201"],
     "auth_cache_ttl_s": ["1e9", "-1", "61"],
     "admin_token": ["x", "fifteen-chars-x", "a token with spaces"],
     "cors_origins": ["example.com", "https://a.example/path", "*,ftp://x"],
@@ -148,7 +148,7 @@ class TestServeStops:
     @pytest.mark.parametrize(
         ("variable", "value", "range_words"),
         [
-            ("CHATLEDGER_RESERVATION_TTL_S", "1e30", "an integer from 1 to 7200"),
+            ("CHATLEDGER_RESERVATION_TTL_S", "1" + "0" * 30, "an integer from 1 to 7200"),
             ("CHATLEDGER_AUTH_CACHE_TTL_S", "1e9", "a number from 0 to 60"),
             ("CHATLEDGER_OPENAI_BASE_URL", "not-a-url", "an `http://` or `https://` URL"),
             ("CHATLEDGER_ADMIN_TOKEN", "x", "16 to 512 visible ASCII characters"),
