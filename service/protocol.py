@@ -106,8 +106,8 @@ class EdgeRequestHandler(web.RequestHandler):
         if self._request_count != parsed:
             # A head is complete (or refused): its clock stops, and the next one's starts with its bytes.
             self._cancel_header_timer()
-            if payload is not None and not payload.is_eof():
-                self._fail_body(payload)
+            if payload is not None and not payload.is_eof() and self._fail_body(payload):
+                return
             self._last_payload = self._messages[-1][1] if self._messages else None
         elif body_done and data:
             # The previous request was whole before these bytes: they begin the next request's head.
@@ -115,17 +115,16 @@ class EdgeRequestHandler(web.RequestHandler):
             if self._header_timer is None:
                 self._arm_header_timer()
 
-    def _fail_body(self, payload: StreamReader) -> None:
+    def _fail_body(self, payload: StreamReader) -> bool:
         """The parser refused bytes of a body being read (a bad chunk size): aiohttp queues that refusal
         as a request of its own and leaves the handler reading the body waiting for bytes that will
-        never come. The handler's read fails instead, and answers the 400 itself."""
-        if (
-            self._waiter is None
-            and self._messages
-            and not isinstance(self._messages[-1][0], RawRequestMessage)
-        ):
-            self._messages.pop()
-            payload.set_exception(web.RequestPayloadError("The request body's framing is not valid."))
+        never come. The handler's read fails instead, and answers the 400 itself. True if it was so."""
+        refused = self._messages and not isinstance(self._messages[-1][0], RawRequestMessage)
+        if not refused or self._waiter is not None:
+            return False
+        self._messages.pop()
+        payload.set_exception(web.RequestPayloadError("The request body's framing is not valid."))
+        return True
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._cancel_header_timer()
@@ -189,6 +188,7 @@ class EdgeRequestHandler(web.RequestHandler):
         if isinstance(resp, web.HTTPException):
             rendered = response_for(resp)
             assert rendered is not None, "every HTTPException has a JSON form"
+            log.info("bad_http_request", status=resp.status, kind=type(resp).__name__)
             self._count(resp.status)
             resp = rendered
         return await super().finish_response(request, resp, start_time)
