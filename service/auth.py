@@ -17,6 +17,7 @@ from aiohttp import web
 
 import ledger
 from service.errors import ApiError
+from service.settings import API_KEY_RE
 
 API_KEY_HEADER = "X-API-Key"
 # Distinct keys remembered per worker; beyond it the least recently used ones are looked up again.
@@ -42,6 +43,11 @@ class Authenticator:
         api_key = request.headers.get(API_KEY_HEADER, "").strip()
         if not api_key:
             raise ApiError(401, "missing_api_key", f"The {API_KEY_HEADER} header is required.")
+        # Every key chatledger issues or pins from its settings is visible ASCII, so anything else is
+        # refused before it is hashed: aiohttp hands a header's non-UTF-8 bytes over as lone
+        # surrogates, which cannot even be encoded, let alone match a key.
+        if not API_KEY_RE.fullmatch(api_key):
+            raise _invalid_key()
         return await self.tenant_for_key(api_key)
 
     async def tenant_for_key(self, api_key: str) -> Tenant:
@@ -66,11 +72,15 @@ class Authenticator:
     async def _load(self, api_key: str) -> Tenant:
         config_id = await self._tenants.resolve_key(api_key)
         if config_id is None:
-            raise ApiError(401, "invalid_api_key", "The API key is not valid.")
+            raise _invalid_key()
         config = await self._tenants.get_config(config_id)
         if config is None:
             raise ledger.ConfigNotFound()
         return Tenant(config=config)
+
+
+def _invalid_key() -> ApiError:
+    return ApiError(401, "invalid_api_key", "The API key is not valid.")
 
 
 class _KeyCache:

@@ -46,10 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=getattr(args, "workers", None),
         )
     except SettingsError as exc:
-        print(f"chatledger: {exc}", file=sys.stderr)
-        return 2
-    if settings.redis_url is not None and settings.redis_cluster_url is not None:
-        print("chatledger: set REDIS_URL or REDIS_CLUSTER_URL, not both.", file=sys.stderr)
+        # One line per setting at fault, each naming its variable and its range (docs/configuration.md).
+        for line in str(exc).splitlines():
+            print(f"chatledger: {line}", file=sys.stderr)
         return 2
     if args.command == "serve":
         return serve(settings)

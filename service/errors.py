@@ -72,7 +72,9 @@ _HTTP_CODES = {
     401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
+    417: "expectation_failed",
 }
 
 
@@ -105,6 +107,9 @@ def response_for(exc: Exception) -> web.Response | None:
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    if isinstance(exc, web.RequestPayloadError):
+        # The head parsed, then the body broke: bad chunking, a Content-Encoding that does not decode.
+        return error_response(400, "malformed_body", "The request body's framing or encoding is not valid.")
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
             status, extra = ERROR_TABLE[cls]

@@ -82,13 +82,8 @@ async def model_provider(app: web.Application) -> AsyncIterator[None]:
         )
     elif owned and settings.provider == "openai":
         # The base URL and model only: never the API key.
+        # A total timeout at or above the hold's deadline is refused at start (settings.py).
         log.info("model", provider="openai", base_url=settings.openai_base_url, model=settings.openai_model)
-        if settings.openai_total_timeout_s >= settings.reservation_ttl_s:
-            log.warning(
-                "timeout_above_hold",
-                note="CHATLEDGER_OPENAI_TOTAL_TIMEOUT_S should stay below CHATLEDGER_RESERVATION_TTL_S, "
-                "or a slow reply outlives its hold and is not saved.",
-            )
     app[EXCHANGE] = Exchange(app[LEDGER], provider, app[SETTINGS], app[METRICS])
     try:
         yield

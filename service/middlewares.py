@@ -25,6 +25,11 @@ _CORS_REQUEST_HEADERS = "Content-Type, X-API-Key, Idempotency-Key, Accept, X-Req
 _CORS_EXPOSED_HEADERS = "X-Request-ID, Retry-After"
 _CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 _CORS_MAX_AGE_S = "600"
+# The status logged and counted (never sent) for a request whose client closed its connection first.
+CLIENT_CLOSED_REQUEST = 499
+# An Origin worth echoing back: a serialized origin is visible ASCII (hosts in punycode). Anything else
+# (a header carrying non-UTF-8 bytes) could not even be written into a response header.
+_ORIGIN_RE = re.compile(r"[\x21-\x7e]{1,2048}")
 
 
 def _route_label(request: web.Request) -> str:
@@ -54,7 +59,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         try:
             response = _preflight_response(request) or await handler(request)
         except Exception as exc:
-            response = _error_response(request_id, exc)
+            response = _error_response(request, request_id, exc)
         if not response.prepared:
             stamp_response(request, response)
         status = response.status
@@ -71,9 +76,13 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         )
 
 
-def _error_response(request_id: str, exc: Exception) -> web.Response:
+def _error_response(request: web.Request, request_id: str, exc: Exception) -> web.Response:
     """Every failure becomes the JSON error shape; anything unexpected is a 500 with the request id
-    and no traceback in the body (the log has it)."""
+    and no traceback in the body (the log has it). A client that left before its answer (its
+    connection closed mid-body) is no fault of ours: it is counted and logged as a 499, nginx's
+    "client closed request", which no client ever receives."""
+    if isinstance(exc, ConnectionError) and (request.transport is None or request.transport.is_closing()):
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     response = response_for(exc)
     if response is None:
         log.exception("unhandled_error")
@@ -85,7 +94,7 @@ def _error_response(request_id: str, exc: Exception) -> web.Response:
 
 def _allowed_origin(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or not _ORIGIN_RE.fullmatch(origin):
         return None
     allowed = request.app[SETTINGS].cors_origin_list
     if not allowed:

@@ -2,7 +2,9 @@
 
 Malformed JSON or a non-object body is 400, a missing or non-string `chat_id` is 400, any other missing
 or wrong-typed field is 422 with msgspec's `$.path` message as the detail. The typed decoder runs first;
-only a failed decode pays for the second, untyped look that tells a 400 from a 422.
+only a failed decode pays for the second, untyped look that tells a 400 from a 422. JSON nested deeper
+than the interpreter's recursion limit is malformed too: msgspec raises RecursionError for it, and a
+stranger can send 10 KB of `[` to any JSON route.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from service.schemas import HistoryPageQuery
 T = TypeVar("T")
 
 
+_TOO_DEEP = "The request body is nested too deeply."
+
+
 def decode_body(body: bytes, decoder: msgspec.json.Decoder[T], *, chat_id_field: bool = False) -> T:
     try:
         return decoder.decode(body)
@@ -33,14 +38,21 @@ def decode_body(body: bytes, decoder: msgspec.json.Decoder[T], *, chat_id_field:
         raise ApiError(422, "validation_error", str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ApiError(400, "malformed_json", "The request body is not valid JSON.") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "malformed_json", _TOO_DEEP) from exc
 
 
 def _untyped(body: bytes) -> object | None:
-    """The body as plain JSON values, or None when even that fails (a number out of float range)."""
+    """The body as plain JSON values, or None when even that fails (a number out of float range).
+
+    The typed decoder may stop at the first `[` of a deep body (an array where an object belongs)
+    that this one must descend, so the depth is checked here too."""
     try:
         shape: object = msgspec.json.decode(body)
     except msgspec.DecodeError:
         return None
+    except RecursionError as exc:
+        raise ApiError(400, "malformed_json", _TOO_DEEP) from exc
     return shape
 
 

@@ -36,6 +36,7 @@ from aiohttp import web
 from service.app import create_app
 from service.delay import install_message_delay
 from service.logging import configure_logging
+from service.protocol import EdgeAppRunner
 from service.settings import Settings
 
 log = structlog.get_logger("chatledger")
@@ -70,6 +71,18 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner of a worker's app: JSON answers for what aiohttp's parser refuses, and the
+    header-read timeout (service/protocol.py); no access log, since the middleware logs each request."""
+    return EdgeAppRunner(
+        app,
+        header_timeout_s=settings.header_timeout_s,
+        keepalive_timeout=settings.keepalive_timeout_s,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_timeout_s,
+    )
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop when installed (`pip install chatledger[fast]`), else asyncio's own loop."""
     try:
@@ -101,7 +114,7 @@ async def _serve(settings: Settings, *, reuse_port: bool, parent: Connection | N
     if parent is not None:
         # The parent never writes after the start, so a readable pipe means it closed: the parent died.
         loop.add_reader(parent.fileno(), _on_parent_gone, loop, parent, stop)
-    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
+    runner = make_runner(build_app(settings), settings)
     try:
         await runner.setup()
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port, backlog=BACKLOG)

@@ -45,12 +45,16 @@ CONFIG_PATCH_DECODER = msgspec.json.Decoder(ConfigPatch)
 
 
 def require_admin(request: web.Request) -> None:
-    """401 without the right bearer token; 404 when the admin API is off."""
+    """401 without the right bearer token; 404 when the admin API is off.
+
+    The given token is compared as the bytes the client sent: aiohttp hands non-UTF-8 header bytes
+    over as lone surrogates, which `surrogateescape` turns back into those bytes instead of raising."""
     token = request.app[SETTINGS].admin_token
     if not token:
         raise web.HTTPNotFound()
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, token.encode()):
         raise ApiError(401, "invalid_admin_token", "A valid admin bearer token is required.")
 
 

@@ -41,6 +41,30 @@ class TestBadRequest:
         assert_error(status, body, 400, code)
 
 
+class TestDeepNesting:
+    @pytest.mark.parametrize(
+        "raw",
+        [b"[" * 5000 + b"]" * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000,
+         b'{"token_limit": 1, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"],
+        ids=["arrays", "objects", "inside-a-valid-object"],
+    )  # fmt: skip
+    async def test_400_not_500(self, api: Api, raw: bytes) -> None:
+        """JSON nested past the recursion limit is 400 malformed_json on every JSON endpoint; nothing
+        is created or charged."""
+        chat = (await api.create_chat())["chat_id"]
+        for method, path in [
+            ("POST", "/chats/"),
+            ("POST", "/chats/messages/"),
+            ("PUT", f"/chats/{chat}/tokens/"),
+        ]:
+            status, body, _ = await api.call(method, path, data=raw)
+            assert_error(status, body, 400, "malformed_json")
+        _, page, _ = await api.call("GET", "/chats/by-config-id")
+        assert page["total"] == 1
+        _, after, _ = await api.call("GET", f"/chats/{chat}")
+        assert (after["token_limit"], after["token_used"]) == (1000.0, 0.0)
+
+
 class TestUnauthorized:
     @pytest.mark.parametrize("key", [None, "", "clk_wrong", "x" * 500])
     async def test_401_on_every_endpoint(self, api: Api, key: str | None) -> None:

@@ -81,7 +81,8 @@ def live_service(redis_server: RedisServer, tmp_path: Path) -> Iterator[dict[str
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATLEDGER_")}
     env.update(
-        REDIS_URL=redis_server.url, CHATLEDGER_KEY_PREFIX="clfuzz", CHATLEDGER_ADMIN_TOKEN="fuzz-admin",
+        REDIS_URL=redis_server.url, CHATLEDGER_KEY_PREFIX="clfuzz",
+        CHATLEDGER_ADMIN_TOKEN="fuzz-admin-token-0123",
         CHATLEDGER_LOG_FORMAT="json", CHATLEDGER_LOG_LEVEL="warning",
     )  # fmt: skip
     log = (tmp_path / "serve.log").open("w")
@@ -121,7 +122,8 @@ class TestSchemathesis:
                 "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                 "response_schema_conformance,response_headers_conformance",
                 "--max-examples", "12", "--seed", "1", "--no-color",
-                "-H", f"X-API-Key: {live_service['api_key']}", "-H", "Authorization: Bearer fuzz-admin",
+                "-H", f"X-API-Key: {live_service['api_key']}",
+                "-H", "Authorization: Bearer fuzz-admin-token-0123",
                 "--report", "ndjson", "--report-ndjson-path", str(report),
             ],
             capture_output=True, text=True, timeout=300,

@@ -33,8 +33,10 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 PREFIX = "clfaults"
 KEYS = ledger.Keyspace(PREFIX)
-# Short holds, so a dead worker's hold expires within the test; the model's budget stays below it.
-HOLD_TTL_S = 1
+# Short holds, so a dead worker's hold expires within the test; the model's budget stays below it
+# (serve refuses a total timeout at or above the hold's deadline).
+HOLD_TTL_S = 3
+MODEL_TOTAL_TIMEOUT_S = 2.5
 
 
 @pytest_asyncio.fixture
@@ -66,7 +68,7 @@ def serve(tmp_path: Path, redis_url: str, fake: FakeOpenAI, name: str = "serve")
     env = base_env(
         REDIS_URL=redis_url, CHATLEDGER_KEY_PREFIX=PREFIX, CHATLEDGER_PROVIDER="openai",
         CHATLEDGER_OPENAI_BASE_URL=fake.base_url, CHATLEDGER_OPENAI_MODEL="fake-model",
-        CHATLEDGER_OPENAI_MAX_RETRIES="0", CHATLEDGER_OPENAI_TOTAL_TIMEOUT_S="30",
+        CHATLEDGER_OPENAI_MAX_RETRIES="0", CHATLEDGER_OPENAI_TOTAL_TIMEOUT_S=str(MODEL_TOTAL_TIMEOUT_S),
         CHATLEDGER_RESERVATION_TTL_S=str(HOLD_TTL_S), CHATLEDGER_AUTH_CACHE_TTL_S="0",
     )  # fmt: skip
     command = [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"]
