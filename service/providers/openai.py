@@ -117,7 +117,8 @@ def _usage_of(raw: msgspec.Raw) -> Usage | Literal["rejected"] | None:
         return None
     try:
         return _USAGE_DECODER.decode(raw)
-    except msgspec.DecodeError as exc:  # a ValidationError is one
+    # A ValidationError is a DecodeError; nesting past msgspec's depth limit is a RecursionError.
+    except (msgspec.DecodeError, RecursionError) as exc:
         # msgspec's message names the field and the broken rule, never a value of the reply.
         log.warning("upstream_usage_rejected", reason=str(exc))
         return _REJECTED
@@ -206,7 +207,7 @@ class OpenAIProvider:
     def _completion(self, request: CompletionRequest, raw: bytes) -> Completion:
         try:
             answer = _RESPONSE_DECODER.decode(raw)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise ProviderError("The model's answer was not a chat completion.") from exc
         if not answer.choices:
             raise ProviderError("The model's answer had no choices.")
@@ -354,7 +355,7 @@ def _retry_after_s(headers: Mapping[str, str]) -> float:
 def _decode_chunk(data: str) -> _Chunk:
     try:
         chunk = _CHUNK_DECODER.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ProviderError("The model's stream carried a malformed chunk.") from exc
     if chunk.error is not None:
         raise ProviderError("The model reported an error in the middle of its reply.")

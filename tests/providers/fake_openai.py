@@ -26,6 +26,8 @@ from service.providers.openai import estimate_tokens
 DEFAULT_REPLY = ["The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", "."]
 # A `usage_patch` value that removes the field from the usage object.
 DROP = "<drop>"
+# An array nested 100,000 deep: valid JSON that a recursive parser cannot follow.
+DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
 # What the fake adds per message to the prompt's count, as real chat templates do: so the tests can
 # tell the upstream's usage from the service's own estimate.
 MESSAGE_OVERHEAD_TOKENS = 3
@@ -50,6 +52,8 @@ class Behavior(msgspec.Struct, kw_only=True):
     pause_after: int | None = None
     # Send a body that is not a chat completion (non-streamed) or a chunk that is not JSON (streamed).
     malformed: bool = False
+    # Nest a field past any parser's recursion limit: in the body (non-streamed) or the second chunk.
+    deep_json: bool = False
     # Streamed: send `data: {"error": ...}` after this many content chunks. Whole: answer 200 with an
     # error object instead of the completion.
     error_after: int | None = None
@@ -111,6 +115,8 @@ class FakeOpenAI:
     def _whole(self, body: dict[str, Any], behavior: Behavior) -> web.Response:
         if behavior.malformed:
             return web.Response(body=b'{"choices": [{"message": ', content_type="application/json")
+        if behavior.deep_json:
+            return web.Response(body=b'{"extra": ' + DEEP_JSON + b"}", content_type="application/json")
         if behavior.error_after is not None:
             return web.json_response({"error": {"message": "overloaded", "type": "server_error"}})
         pieces, finish = _reply(body, behavior)
@@ -171,6 +177,9 @@ class FakeOpenAI:
                 await self.release.wait()
             if behavior.malformed and sent == 1:
                 await response.write(b"data: {not json\n\n")
+                continue
+            if behavior.deep_json and sent == 1:
+                await response.write(b'data: {"extra": ' + DEEP_JSON + b"}\n\n")
                 continue
             await _send(response, _chunk({"content": piece}, None, extra))
         await _send(response, _chunk({}, finish, extra))

@@ -278,8 +278,8 @@ class TestRetries:
 class TestBrokenAnswers:
     @pytest.mark.parametrize(
         "behavior",
-        [Behavior(malformed=True), Behavior(reply=[]), Behavior(reply=[""])],
-        ids=["malformed", "no-content", "empty-content"],
+        [Behavior(malformed=True), Behavior(deep_json=True), Behavior(reply=[]), Behavior(reply=[""])],
+        ids=["malformed", "deep-json", "no-content", "empty-content"],
     )
     async def test_broken_whole_answers_fail_without_retry(
         self, fake_openai: FakeOpenAI, openai_provider: OpenAIProvider, behavior: Behavior
@@ -296,10 +296,11 @@ class TestBrokenAnswers:
         [
             (Behavior(cut_after=3), 3),
             (Behavior(malformed=True), 1),
+            (Behavior(deep_json=True), 1),
             (Behavior(error_after=2), 2),
             (Behavior(reply=[]), 0),
         ],
-        ids=["cut-connection", "malformed-chunk", "error-chunk", "empty"],
+        ids=["cut-connection", "malformed-chunk", "deep-json-chunk", "error-chunk", "empty"],
     )
     async def test_broken_streams_fail_after_their_good_deltas(
         self,
