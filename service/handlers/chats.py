@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+import ledger
 from service.appkeys import LEDGER
 from service.handlers.common import json_response, tenant_of
 from service.openapi import Doc, documented
@@ -48,8 +49,12 @@ async def list_chats(request: web.Request) -> web.Response:
 @routes.get("/chats/{chat_id}")
 @documented(Doc(summary="Read a chat.", response=ChatOut, errors=(404,)))
 async def get_chat(request: web.Request) -> web.Response:
+    """A deleted chat is 404 chat_deleted here as on every other route (api.md Part B 9); the DELETE
+    answer, `include_deleted=true` and the admin API still show it."""
     tenant = await tenant_of(request)
     chat = await request.app[LEDGER].get_chat(tenant.config_id, path_chat_id(request))
+    if chat.deleted:
+        raise ledger.ChatDeleted()
     return json_response(chat_out(chat))
 
 
