@@ -2,30 +2,40 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run dev test lint typecheck pytest clean
 
-# The venv is rebuilt when pyproject.toml changes (the console script is the stamp).
+# What running needs, and nothing else, so a first `make run` is quick. The venv is brought up to date
+# when pyproject.toml changes (the console script is the stamp).
 $(BIN)/chatledger: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,fast]'
+	$(PIP) -e '.[fast]'
+	touch $@
+
+# The development tools on top: pytest, mypy, ruff, schemathesis, Playwright, the client generator.
+$(VENV)/.dev: $(BIN)/chatledger
+	$(PIP) -e '.[dev,fast]'
 	touch $@
 
 # Install and start the service on its embedded default (in-process Redis, offline model).
 run: $(BIN)/chatledger
 	$(BIN)/chatledger serve
 
+# The development tools, without running anything (then `.venv/bin/pytest tests/...` for a part).
+dev: $(VENV)/.dev
+
 # The whole suite: lint, types, then every test (a real redis-server is spawned by the fixtures).
 test: lint typecheck pytest
 
-lint: $(BIN)/chatledger
+lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(BIN)/chatledger
+typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(BIN)/chatledger
+pytest: $(VENV)/.dev
 	$(BIN)/pytest
 
 clean:
