@@ -50,20 +50,23 @@ _TAIL_CHARS = 33
 
 
 @schemathesis.hook
-def before_call(_ctx: schemathesis.HookContext, case: Case, _kwargs: dict[str, Any]) -> None:
+def before_call(_ctx: schemathesis.HookContext, case: Case[Any], _kwargs: dict[str, Any]) -> None:
     """A unique tail on every valid Idempotency-Key. A case whose headers are the negative part (a key or
     X-API-Key missing or malformed) is sent as drawn: editing it would have schemathesis revalidate it
     as a positive one, and send the header it meant to leave out."""
     if case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER):
         return
-    headers = case.headers or {}
-    for name, value in headers.items():
+    if case.headers is None:
+        return
+    for name, value in list(case.headers.items()):
         if name.lower() == "idempotency-key" and isinstance(value, str) and _VALID_KEY.fullmatch(value):
-            headers[name] = value[: 255 - _TAIL_CHARS] + "-" + uuid.uuid4().hex
+            case.headers[name] = value[: 255 - _TAIL_CHARS] + "-" + uuid.uuid4().hex
 
 
 @schemathesis.hook
-def filter_failure(_ctx: schemathesis.HookContext, failure: Failure, case: Case, response: Response) -> bool:
+def filter_failure(
+    _ctx: schemathesis.HookContext, failure: Failure, case: Case[Any], response: Response
+) -> bool:
     """Keep every failure but a positive case refused for one of the rules above."""
     if not isinstance(failure, RejectedPositiveData) or response.status_code not in (402, 422):
         return True
