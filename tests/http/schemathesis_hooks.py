@@ -56,8 +56,6 @@ def before_call(_ctx: schemathesis.HookContext, case: Case[Any], _kwargs: dict[s
     as a positive one, and send the header it meant to leave out."""
     if case.meta is not None and case.meta.is_negative_at(ParameterLocation.HEADER):
         return
-    if case.headers is None:
-        return
     for name, value in list(case.headers.items()):
         if name.lower() == "idempotency-key" and isinstance(value, str) and _VALID_KEY.fullmatch(value):
             case.headers[name] = value[: 255 - _TAIL_CHARS] + "-" + uuid.uuid4().hex
