@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from tests.docs.conftest import Started
-from tests.docs.walkthrough import README, ROOT, parse_block, run_step, section, shell_blocks, walkthrough
+from tests.docs.walkthrough import (
+    DEFAULT_BASE_URL,
+    README,
+    ROOT,
+    parse_block,
+    run_step,
+    section,
+    shell_blocks,
+    walkthrough,
+)
 
 
 class TestWalkthroughParsing:
@@ -49,7 +58,7 @@ class TestWalkthrough:
         state.write_text("")
         shown = 0
         for step in steps:
-            output, statuses = run_step(step, readme_service.url, state)
+            output, statuses = run_step(step, {DEFAULT_BASE_URL: readme_service.url}, state)
             if "curl" in step.command:
                 assert set(statuses) == {step.expected_status}, (step.command, statuses, output)
             if step.answer:

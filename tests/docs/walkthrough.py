@@ -2,8 +2,8 @@
 
 A walk-through is the ```sh blocks of the README's "Walk-through" section. The first names the command
 that starts the service; in the others, each command is followed by the answer it prints, as comment
-lines: `# ` starts a line of the answer, `#  ` (a further space) continues the line above, `#` alone is
-an empty line, and `...` stands for anything left out (within a line, or as a line of its own). Ids and
+lines: `# ` starts a line of the answer, `#  ` (one further space, not two: indented output keeps its
+indent) continues the line above, `#` alone is an empty line, and `...` stands for anything left out (within a line, or as a line of its own). Ids and
 times in an answer stand for any id or time of the same form. An answer whose first line is an HTTP
 status line (`curl -i`) names the status expected; any other answer is a 200.
 """
@@ -77,7 +77,7 @@ def parse_block(block: str) -> list[Step]:
     for line in block.splitlines():
         if line.startswith("#"):
             body = line[2:] if line.startswith("# ") else line[1:]
-            if body.startswith(" ") and steps[-1].answer:
+            if body.startswith(" ") and not body.startswith("  ") and steps[-1].answer:
                 steps[-1].answer[-1] += body.lstrip()
             else:
                 steps[-1].answer.append(body)
@@ -111,13 +111,19 @@ curl() { command curl -w '%{stderr}@@status %{http_code}\\n' "$@"; }
 """
 
 
-def run_step(step: Step, base_url: str, state: Path) -> tuple[str, list[int]]:
-    """Run one command; its output (CRLF made LF, outer blank lines dropped) and the statuses of its
-    curl calls."""
-    command = step.command.replace(DEFAULT_BASE_URL, base_url)
+def run_step(
+    step: Step, replacements: dict[str, str], state: Path, cwd: Path | None = None
+) -> tuple[str, list[int]]:
+    """Run one command, with `replacements` made in it (the test's own port or Redis for the
+    README's); its output (CRLF made LF, outer blank lines dropped) and the statuses of its curl calls."""
+    command = step.command
+    for old, new in replacements.items():
+        command = command.replace(old, new)
     script = _RUNNER + command + '\nrc=$?\nexport -p > "$STATE"\nexit $rc\n'
     env = {"STATE": str(state), "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/")}
-    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=60, env=env, cwd=cwd
+    )
     assert result.returncode == 0, (command, result.stdout, result.stderr)
     statuses = [int(s) for s in re.findall(r"@@status (\d{3})", result.stderr)]
     return result.stdout.replace("\r\n", "\n").strip("\n"), statuses
