@@ -4,6 +4,7 @@ walk-through with every 2xx parsed into its typed model."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -35,10 +36,13 @@ class Generated:
     def api(self, tag: str, operation: str) -> Any:
         return importlib.import_module(f"{PACKAGE}.api.{tag}.{operation}")
 
-    def client(self, url: str, token: str, header: str, prefix: str = "") -> Any:
-        return self.root.AuthenticatedClient(
+    @contextlib.contextmanager
+    def client(self, url: str, token: str, header: str, prefix: str = "") -> Iterator[Any]:
+        """An AuthenticatedClient, its HTTP connections closed at the end."""
+        with self.root.AuthenticatedClient(
             base_url=url, token=token, auth_header_name=header, prefix=prefix, raise_on_unexpected_status=True
-        )
+        ) as client:
+            yield client
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +110,23 @@ class TestGeneratedClient:
         _output, gen = generation
         m = gen.models
         key = start_environment(walkthrough()[0])["CHATLEDGER_DEMO_API_KEY"]
-        api = gen.client(readme_service.url, key, "X-API-Key")
+        with gen.client(readme_service.url, key, "X-API-Key") as api:
+            chat_id = self._walk(gen, api)
+        with gen.client(readme_service.url, ADMIN_TOKEN, "Authorization", "Bearer") as admin:
+            seen = parsed(
+                gen.api("admin", "get_admin_chats_chat_id").sync_detailed(chat_id, client=admin), m.AdminChat
+            )
+            assert (seen.deleted, seen.messages, seen.token_used) == (True, [], 290.0)
+            restored = parsed(
+                gen.api("admin", "post_admin_chats_chat_id_restore").sync_detailed(chat_id, client=admin),
+                m.AdminChat,
+            )
+            assert restored.deleted is False
+
+    @staticmethod
+    def _walk(gen: Generated, api: Any) -> UUID:
+        """The API key's part of the walk-through; the chat's id, deleted at the end."""
+        m = gen.models
 
         config = parsed(gen.api("chats", "get_chat_config").sync_detailed(client=api), m.ConfigOut)
         assert config.agent_name == "Demo Agent"
@@ -139,7 +159,7 @@ class TestGeneratedClient:
         assert [item.is_user for item in history.items] == [True, False]
         assert all(isinstance(item, m.MessageOut) for item in history.items)
 
-        done = self._stream(gen, api, chat_id, "And a streamed reply?")
+        done = TestGeneratedClient._stream(gen, api, chat_id, "And a streamed reply?")
         assert (done.tokens_charged, done.token_used) == (98.0, 149.0)
 
         retried = [
@@ -191,16 +211,7 @@ class TestGeneratedClient:
         )
         assert gone.code == "chat_deleted"
 
-        admin = gen.client(readme_service.url, ADMIN_TOKEN, "Authorization", "Bearer")
-        seen = parsed(
-            gen.api("admin", "get_admin_chats_chat_id").sync_detailed(chat_id, client=admin), m.AdminChat
-        )
-        assert (seen.deleted, seen.messages, seen.token_used) == (True, [], 290.0)
-        restored = parsed(
-            gen.api("admin", "post_admin_chats_chat_id_restore").sync_detailed(chat_id, client=admin),
-            m.AdminChat,
-        )
-        assert restored.deleted is False
+        return chat_id
 
     @staticmethod
     def _stream(gen: Generated, api: Any, chat_id: UUID, content: str) -> Any:

@@ -1,11 +1,12 @@
 """Reading the README's walk-through as a test reads it, and running it as a newcomer would.
 
 A walk-through is the ```sh blocks of the README's "Walk-through" section. The first names the command that
-starts the service; in the others, each command is followed by the answer it prints, as comment lines: `# `
-starts a line of the answer, `#  ` (one further space, not two: indented output keeps its indent) continues the
-line above, `#` alone is an empty line, and `...` stands for anything left out (within a line, or as a line of
-its own). Ids and times in an answer stand for any id or time of the same form. An answer whose first line is
-an HTTP status line (`curl -i`) names the status expected; any other answer is a 200.
+starts the service; in the others, each command is followed by the answer it prints, as comment lines:
+`# ` starts a line of the answer, `#  ` (one further space, not two: indented output keeps its indent)
+continues the line above, `#` alone is an empty line, and `...` stands for anything left out (within a
+line, or as a line of its own). Ids and times in an answer stand for any id or time of the same form. An
+answer whose first line is an HTTP status line (`curl -i`) names the status expected; any other answer is
+a 200.
 """
 
 from __future__ import annotations

@@ -332,7 +332,8 @@ class TestSchemathesis:
         # The summary (operations, cases generated, failures) is the figure the closing note quotes.
         print(summary)
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-        document = json.loads(urllib.request.urlopen(f"{service['url']}/openapi.json", timeout=10).read())
+        with urllib.request.urlopen(f"{service['url']}/openapi.json", timeout=10) as response:
+            document = json.loads(response.read())
         operations = sum(len(item) for item in document["paths"].values())
         tested = re.search(r"Tested: (\d+)", summary)
         assert tested, summary
