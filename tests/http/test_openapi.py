@@ -334,10 +334,11 @@ class TestSchemathesis:
         assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
         with urllib.request.urlopen(f"{service['url']}/openapi.json", timeout=10) as response:
             document = json.loads(response.read())
-        operations = sum(len(item) for item in document["paths"].values())
+        # schemathesis leaves out the document's own route, GET /openapi.json.
+        operations = sum(len(item) for item in document["paths"].values()) - 1
         tested = re.search(r"Tested: (\d+)", summary)
         assert tested, summary
-        # Every documented operation was tested: 20 without the admin API, 33 with it.
+        # Every other documented operation was tested: 20 without the admin API, 33 with it.
         assert int(tested[1]) == operations >= 20
         for phase in ("Coverage", "Fuzzing", "Stateful"):
             assert re.search(rf"✅ {phase}", summary), summary
