@@ -1,4 +1,4 @@
-"""The admin API's types (issue 7): configs with every field, keys, chats with their ledger figures.
+"""The admin API's types: configs with every field, keys, chats with their ledger figures.
 
 Weights are floats here as in the CLI (1.0 = one token per token) and milli-precision integers in the
 ledger; `ledger.weight_milli` converts and refuses more than 3 decimals.

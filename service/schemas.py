@@ -178,7 +178,7 @@ def iso_utc(epoch_ms: int) -> str:
 
 
 # A message's answer is stamped with the second it was settled in, which the messages settled just
-# before share: formatting each second once saves most of a datetime's cost per message (issue 6).
+# before share: formatting each second once saves most of a datetime's cost per message.
 @functools.lru_cache(maxsize=1024)
 def _iso_second(epoch_s: int) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
