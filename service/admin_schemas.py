@@ -1,4 +1,4 @@
-"""The admin API's types (issue 7): configs with every field, keys, chats with their ledger figures.
+"""The admin API's types: configs with every field, keys, chats with their ledger figures.
 
 Weights are floats here as in the CLI (1.0 = one token per token) and milli-precision integers in the
 ledger; `ledger.weight_milli` converts and refuses more than 3 decimals.
@@ -11,17 +11,23 @@ from typing import Annotated, Any
 import msgspec
 
 import ledger
-from service.schemas import ChatOut, chat_out, config_out, iso_utc
+from service.schemas import ChatOut, Timestamp, UuidStr, chat_out, config_out, iso_utc
 
 Short = Annotated[str, msgspec.Meta(max_length=256)]
 Text = Annotated[str, msgspec.Meta(max_length=16_000)]
 Url = Annotated[str, msgspec.Meta(max_length=2048)]
-Weight = Annotated[float, msgspec.Meta(ge=0, le=1000)]
+# Exact to 3 decimals (ledger.weight_milli), which the document states as a multiple of 0.001.
+Weight = Annotated[float, msgspec.Meta(ge=0, le=1000, extra_json_schema={"multipleOf": 0.001})]
 RatePerS = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
-Burst = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
-OutputTokens = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 UnsetStr = Short | msgspec.UnsetType
+# JSON Schema counts 5.0 as an integer, and msgspec's `int` refuses it: these fields are decoded as
+# numbers, checked whole and made ints in __post_init__, and documented as integers (service/openapi.py
+# turns the `x-type` mark into the schema's type).
+_WHOLE = {"x-type": "integer"}
+Burst = Annotated[float, msgspec.Meta(ge=0, le=1_000_000, extra_json_schema=_WHOLE)]
+OutputTokens = Annotated[float, msgspec.Meta(ge=1, le=1_000_000, extra_json_schema=_WHOLE)]
+_WHOLE_FIELDS = ("max_output_tokens", "rate_limit_burst")
 
 
 class ConfigFields(msgspec.Struct, kw_only=True):
@@ -43,6 +49,15 @@ class ConfigFields(msgspec.Struct, kw_only=True):
     completion_token_weight: Weight | msgspec.UnsetType = msgspec.UNSET
     rate_limit_per_s: RatePerS | msgspec.UnsetType = msgspec.UNSET
     rate_limit_burst: Burst | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        for name in _WHOLE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, float):
+                if not value.is_integer():
+                    # msgspec reports a ValueError from here as a ValidationError: a 422.
+                    raise ValueError(f"{name} must be a whole number")
+                setattr(self, name, int(value))
 
     def record_fields(self) -> dict[str, Any]:
         """The fields present, as ConfigRecord keyword arguments (weights in milli-tokens)."""
@@ -67,7 +82,7 @@ class ConfigPatch(ConfigFields, kw_only=True):
 
 
 class AdminConfig(msgspec.Struct, kw_only=True):
-    config_id: str
+    config_id: UuidStr
     agent_name: str
     company_name: str
     primary_color: str
@@ -86,8 +101,8 @@ class AdminConfig(msgspec.Struct, kw_only=True):
     completion_token_weight: float
     rate_limit_per_s: float
     rate_limit_burst: int
-    created_at: str
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class AdminConfigList(msgspec.Struct):
@@ -99,14 +114,14 @@ class IssuedKeyOut(msgspec.Struct, kw_only=True):
 
     key_id: str
     api_key: str
-    config_id: str
-    created_at: str
+    config_id: UuidStr
+    created_at: Timestamp
 
 
 class KeyOut(msgspec.Struct, kw_only=True):
     key_id: str
     prefix: str
-    created_at: str
+    created_at: Timestamp
 
 
 class KeyList(msgspec.Struct):
@@ -114,9 +129,9 @@ class KeyList(msgspec.Struct):
 
 
 class AdminChat(ChatOut, kw_only=True):
-    config_id: str
+    config_id: UuidStr
     token_reserved: float
-    deleted_at: str | None
+    deleted_at: Timestamp | None
     reservations_expired: int
     tokens_clamped: float
 
@@ -129,7 +144,7 @@ class JournalEntryOut(msgspec.Struct, kw_only=True):
     reserved_delta: float
     limit_delta: float
     shortfall: float
-    timestamp: str
+    timestamp: Timestamp
 
 
 class JournalQuery(msgspec.Struct, frozen=True):

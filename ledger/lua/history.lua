@@ -54,7 +54,10 @@ local entries = {}
 if mode == 'after' then
   entries = redis.call('XRANGE', msgs, '(' .. position, '+', 'COUNT', limit)
 elseif mode == 'before' then
-  entries = reversed(redis.call('XREVRANGE', msgs, '(' .. position, '-', 'COUNT', limit))
+  -- Nothing precedes 0-0, which Redis refuses as an exclusive bound.
+  if position ~= '0-0' then
+    entries = reversed(redis.call('XREVRANGE', msgs, '(' .. position, '-', 'COUNT', limit))
+  end
 elseif mode == 'offset' then
   local offset = tonumber(position)
   if offset < total then

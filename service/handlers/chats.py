@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+import ledger
 from service.appkeys import LEDGER
 from service.handlers.common import json_response, tenant_of
 from service.openapi import Doc, documented
@@ -15,7 +16,12 @@ routes = web.RouteTableDef()
 
 @routes.post("/chats/")
 @documented(
-    Doc(summary="Create a chat with a token budget.", body=CreateChatRequest, response=ChatOut, errors=(404,))
+    Doc(
+        summary="Create a chat with a token budget.",
+        body=CreateChatRequest,
+        response=ChatOut,
+        idempotent=True,
+    )
 )
 async def create_chat(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
@@ -32,7 +38,6 @@ async def create_chat(request: web.Request) -> web.Response:
         summary="Page the caller's chats, oldest first.",
         query=ChatListQuery,
         response=Page[ChatOut],
-        errors=(404,),
     )
 )
 async def list_chats(request: web.Request) -> web.Response:
@@ -46,15 +51,19 @@ async def list_chats(request: web.Request) -> web.Response:
 
 
 @routes.get("/chats/{chat_id}")
-@documented(Doc(summary="Read a chat.", response=ChatOut, errors=(404,)))
+@documented(Doc(summary="Read a chat (404 chat_deleted once deleted).", response=ChatOut))
 async def get_chat(request: web.Request) -> web.Response:
+    """A deleted chat is 404 chat_deleted here as on every other route (api.md Part B 9); the DELETE
+    answer, `include_deleted=true` and the admin API still show it."""
     tenant = await tenant_of(request)
     chat = await request.app[LEDGER].get_chat(tenant.config_id, path_chat_id(request))
+    if chat.deleted:
+        raise ledger.ChatDeleted()
     return json_response(chat_out(chat))
 
 
 @routes.delete("/chats/{chat_id}")
-@documented(Doc(summary="Soft-delete a chat.", response=ChatOut, errors=(404,)))
+@documented(Doc(summary="Soft-delete a chat; answers it with deleted: true.", response=ChatOut))
 async def delete_chat(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     chat = await request.app[LEDGER].delete_chat(tenant.config_id, path_chat_id(request))

@@ -12,7 +12,7 @@ routes = web.RouteTableDef()
 
 
 @routes.get("/chat-config/")
-@documented(Doc(summary="The caller's config, for styling a chat UI.", response=ConfigOut, errors=(404,)))
+@documented(Doc(summary="The caller's config, for styling a chat UI.", response=ConfigOut))
 async def get_chat_config(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     return json_response(config_out(tenant.config))

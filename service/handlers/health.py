@@ -26,8 +26,8 @@ async def healthz(_request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 @documented(
-    Doc(summary="Readiness: Redis answers and holds the ledger scripts.", response=Health, errors=(503,),
-        auth="none", tag="operations")
+    Doc(summary="Readiness: Redis answers and holds the ledger scripts.", response=Health,
+        other_responses=((503, Health),), auth="none", tag="operations")
 )  # fmt: skip
 async def readyz(request: web.Request) -> web.Response:
     try:

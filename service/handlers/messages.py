@@ -36,8 +36,11 @@ routes = web.RouteTableDef()
         summary="Send a message; answers the AI's Message, or streams it as Server-Sent Events.",
         body=SendMessageRequest,
         response=MessageOut,
-        errors=(402, 404, 409, 502, 504),
+        description='Streams when the body says `"stream": true` or the Accept header names '
+        "text/event-stream; a retry with the same Idempotency-Key gets the saved message as JSON.",
+        errors=(402, 409, 502, 504),
         media_types=("application/json", "text/event-stream"),
+        idempotent=True,
     )
 )
 async def send_message(request: web.Request) -> web.StreamResponse:
@@ -60,8 +63,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/chats/{chat_id}/messages/")
 @documented(
-    Doc(summary="Page a chat's history, oldest first.", query=HistoryPageQuery, response=Page[MessageOut],
-        errors=(404,))
+    Doc(summary="Page a chat's history, oldest first.", query=HistoryPageQuery, response=Page[MessageOut])
 )  # fmt: skip
 async def list_messages(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)

@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import openapi
-from service.appkeys import METRICS
+from service.appkeys import METRICS, SETTINGS
 from service.openapi import Doc, documented
 
 routes = web.RouteTableDef()
@@ -27,6 +27,18 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 
 @routes.get("/docs")
-@documented(Doc(summary="The API reference page.", auth="none", tag="operations", media_types=("text/html",)))
-async def docs(_request: web.Request) -> web.Response:
-    return web.Response(text=openapi.docs_page(), content_type="text/html")
+@documented(
+    Doc(summary="The API reference page (Swagger UI, served by this server).", auth="none", tag="operations",
+        media_types=("text/html",))
+)  # fmt: skip
+async def docs(request: web.Request) -> web.Response:
+    return openapi.docs_page(request.app[SETTINGS].api_prefix)
+
+
+@routes.get("/docs/assets/{name}")
+@documented(
+    Doc(summary="A file of the reference page.", errors=(404,), auth="none", tag="operations",
+        media_types=("text/javascript", "text/css"))
+)  # fmt: skip
+async def docs_asset(request: web.Request) -> web.Response:
+    return openapi.docs_asset(request.match_info["name"], request.headers.get("Accept-Encoding", ""))

@@ -15,7 +15,7 @@ routes = web.RouteTableDef()
 
 @routes.put("/chats/{chat_id}/tokens/")
 @documented(
-    Doc(summary="Add tokens to a chat's limit.", body=AddTokensRequest, response=ChatOut, errors=(404,))
+    Doc(summary="Add tokens to a chat's limit.", body=AddTokensRequest, response=ChatOut, idempotent=True)
 )
 async def add_tokens(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)

@@ -129,7 +129,7 @@ def _chat(widget: Widget, chat: ledger.ChatState) -> WidgetChat:
 @routes.get("/widget/widget.js")
 @documented(
     Doc(summary="The chat widget: one script to embed.", auth="none", tag="widget",
-        media_types=("text/javascript",))
+        errors=(304,), media_types=("text/javascript",))
 )  # fmt: skip
 async def widget_script(request: web.Request) -> web.Response:
     return _asset_response(request, widget_files.SCRIPT)
@@ -216,7 +216,7 @@ async def widget_history(request: web.Request) -> web.Response:
 @documented(
     Doc(summary="Send a message to a widget chat; the reply streams as Server-Sent Events.",
         body=WidgetMessageRequest, response=MessageOut, errors=(402, 404, 409, 429, 502, 503, 504),
-        auth="none", tag="widget", media_types=("text/event-stream", "application/json"))
+        auth="none", tag="widget", media_types=("text/event-stream", "application/json"), idempotent=True)
 )  # fmt: skip
 async def widget_send(request: web.Request) -> web.StreamResponse:
     """Streamed: `delta` events, then `done` with the saved message and the balance, or `error`; a 402

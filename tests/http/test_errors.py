@@ -138,9 +138,11 @@ class TestNotFound:
             assert body["code"] in ("chat_not_found", "not_found")
 
     async def test_deleted_chat(self, api: Api) -> None:
-        """A deleted chat takes no messages or tokens, serves no history, and a second DELETE is 404."""
+        """A deleted chat takes no messages or tokens, serves neither itself nor its history, and a
+        second DELETE is 404."""
         chat = (await api.create_chat())["chat_id"]
         assert (await api.call("DELETE", f"/chats/{chat}"))[0] == 200
+        assert_error(*(await api.call("GET", f"/chats/{chat}"))[:2], 404, "chat_deleted")
         assert_error(*(await api.send(chat)), 404, "chat_deleted")
         assert_error(*(await api.call("GET", f"/chats/{chat}/messages/"))[:2], 404, "chat_deleted")
         put = await api.call("PUT", f"/chats/{chat}/tokens/", json={"additional_tokens": 5})
