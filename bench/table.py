@@ -1,4 +1,4 @@
-"""The run's one table, in Markdown so it can go into the README as printed."""
+"""The run's one table, in Markdown so it can go into docs/performance.md as printed."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The benchmark runner still runs (issue 6): `python -m bench --smoke`, tiny counts, every row printed.
+"""The benchmark runner still runs: `python -m bench --smoke`, tiny counts, every row printed.
 
 It never judges speed: a timed assertion would fail on a busy machine and prove nothing. The figures
-are for people reading the README's table, made by the full run.
+are for people reading the table in docs/performance.md, made by the full run.
 """
 
 from __future__ import annotations
