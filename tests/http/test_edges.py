@@ -262,7 +262,8 @@ async def _seed(tenants: ledger.TenantStore) -> tuple[str, dict[str, str], dict[
     api_key = (await tenants.issue_key(config.config_id)).api_key
     victim = await tenants.create_config(agent_name="Victim", company_name="Co")
     victim_key = await tenants.issue_key(victim.config_id)
-    ids = {"config_id": config.config_id, "key_id": victim_key.key_id}
+    # `name`: a file the reference page serves (service/openapi.py's DOCS_ASSETS).
+    ids = {"config_id": config.config_id, "key_id": victim_key.key_id, "name": "docs.js"}
     return api_key, ids, {"config_id": victim.config_id, "key_id": victim_key.key_id}
 
 
