@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 import redis.exceptions
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from ledger import connect
 from ledger.connection import PipelinedRedis, multiplexer_of
@@ -132,8 +132,8 @@ class TestMultiplexer:
     def test_only_plain_tcp_is_multiplexed(self) -> None:
         """TLS and Unix sockets stay with redis-py."""
         for url in ("rediss://127.0.0.1:1/0", "unix:///tmp/redis.sock"):
-            assert Multiplexer.for_pool(BlockingConnectionPool.from_url(url)) is None
-        assert Multiplexer.for_pool(BlockingConnectionPool.from_url("redis://127.0.0.1:1/0")) is not None
+            assert Multiplexer.for_url(url) is None
+        assert Multiplexer.for_url("redis://127.0.0.1:1/0") is not None
 
     async def test_closing_the_client_closes_the_multiplexer(self, redis_server: RedisServer) -> None:
         """The client owns its multiplexer: aclose ends its connection (no socket is left open)."""
