@@ -38,6 +38,7 @@ from redis.exceptions import (
     ClusterCrossSlotError,
     ClusterDownError,
     ExecAbortError,
+    ExternalAuthProviderError,
     MasterDownError,
     ModuleError,
     MovedError,
@@ -86,6 +87,9 @@ _ERR_CLASSES: dict[str, type[RedisError]] = {
     ),
     "Error unloading module: no such module with that name": ModuleError,
     "Error unloading module: operation not possible.": ModuleError,
+    "problem with LDAP service": ExternalAuthProviderError,
+    # Named from redis-py 8.1; an older one raises a plain ResponseError, and so does this then.
+    "no such fieldset": getattr(redis.exceptions, "NoSuchFieldsetError", ResponseError),
 }
 
 # URL query options that change nothing on the wire (they tune redis-py's pool, or are read below);

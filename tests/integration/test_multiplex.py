@@ -175,6 +175,8 @@ ERROR_REPLIES = [
     "ERR wrong number of arguments for 'AUTH' command",
     "ERR Client sent AUTH, but no password is set",
     "ERR Error unloading module: no such module with that name",
+    "ERR problem with LDAP service",
+    "ERR no such fieldset",
     "ERR value is not an integer or out of range",
     "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
     "WRONGTYPE Operation against a key holding the wrong kind of value",
