@@ -37,6 +37,8 @@ def _mux(client: Redis) -> Multiplexer:
 
 
 class TestMultiplexer:
+    """One connection serves every script call of a client, and fails and recovers as redis-py does."""
+
     async def test_concurrent_calls_get_their_own_replies(self, client: Redis) -> None:
         """Calls from many tasks share one connection and each gets its own reply, in any order."""
         mux = _mux(client)
@@ -237,7 +239,7 @@ class TestAsRedisPyDoes:
                 await _mux(client).execute("SET", "where", "db3")
                 assert await client.get("where") == "db3"
                 assert (await client.info("keyspace")).keys() == {"db3"}
-                assert await client.acl_whoami() == "ledger"
+                assert await _mux(client).execute("ACL", "WHOAMI") == "ledger"
             finally:
                 await client.aclose()
                 await admin.aclose()
