@@ -27,8 +27,9 @@ POOL_WAIT_S = 5.0
 
 
 class PipelinedRedis(Redis):
-    """A client for one node whose ledger scripts share one pipelined connection (ledger/multiplex.py,
-    issue 6); every other command uses the pool. Closing the client closes both."""
+    """A client for one node whose ledger scripts share one pipelined connection (ledger/multiplex.py),
+    because a pooled connection per script call costs most of a worker's time under load; every other
+    command uses the pool. Closing the client closes both."""
 
     multiplexer: Multiplexer | None = None
 
@@ -54,7 +55,9 @@ def connect(url: str, *, max_connections: int = 100) -> Redis:
     # As Redis.from_pool does: the client owns the pool and closes it.
     client = PipelinedRedis(connection_pool=pool)
     client.auto_close_connection_pool = True
-    client.multiplexer = Multiplexer.for_pool(pool)
+    # The URL, not the pool, says where the multiplexer connects (the pool's options are redis-py's
+    # internals); it decodes replies as the pool's decode_responses=True does.
+    client.multiplexer = Multiplexer.for_url(url, encoding="utf-8")
     return client
 
 

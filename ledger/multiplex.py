@@ -1,20 +1,22 @@
-"""One pipelined connection per process for the ledger's scripts (issue 6).
+"""One pipelined connection per process for the ledger's scripts.
 
 redis-py takes a pooled connection per command, writes it, waits for its reply and gives the connection
 back; under load that is most of a worker's time, and Redis pays a read and a write system call per
 command. Here every script call of a process shares one connection: the commands issued in one turn of
 the event loop leave in one write, and their replies are matched to their callers in order (Redis answers
 a connection's commands in the order it sent them). Redis then reads and answers batches, and a call
-costs the client a few microseconds of Python.
+costs the client little more than packing its command and parsing its reply.
 
 Behaviour is redis-py's where a caller can see it: replies are decoded the same way, error replies raise
-the same exception classes (redis-py's own parser names them), a connection failure raises
+the same exception classes with the same messages (`error_for`), a connection failure raises
 redis.ConnectionError and the next call connects again, and a reply that takes longer than the
 command timeout raises redis.TimeoutError. A timeout resets the connection, failing the calls still
 waiting on it: they were all sent on a connection that has not answered for that long.
 
-Only plain TCP connections to one node are multiplexed (`for_pool`); TLS, Unix sockets, credential
-providers and clusters keep redis-py's own path.
+Only public APIs are used, so any redis-py the project accepts works: hiredis's `Reader` and
+`pack_command` speak the protocol, asyncio's protocols own the socket, and the exception classes are
+redis-py's public ones. Only plain TCP URLs with options this module knows are multiplexed (`for_url`);
+TLS, Unix sockets, RESP3, client names and clusters keep redis-py's own path.
 """
 
 from __future__ import annotations
@@ -24,24 +26,77 @@ import collections
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 import redis.exceptions
-from redis._parsers.base import BaseParser
-from redis.asyncio import ConnectionPool
-from redis.asyncio.connection import Connection
+from redis.exceptions import (
+    AskError,
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    BusyLoadingError,
+    ClusterCrossSlotError,
+    ClusterDownError,
+    ExecAbortError,
+    ExternalAuthProviderError,
+    MasterDownError,
+    ModuleError,
+    MovedError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 # A command is its words: the name, then keys and arguments (str, bytes or int).
 Command = Sequence[str | bytes | int | float]
 
-# The pool options the multiplexer understands; anything else set on the pool means "leave it to
-# redis-py" (a credential provider, a client name, a custom parser...).
-_KNOWN_OPTIONS = frozenset({
-    "host", "port", "db", "username", "password", "socket_timeout", "socket_connect_timeout",
-    "decode_responses", "encoding", "encoding_errors", "health_check_interval", "retry",
-    # Set by redis-py itself on every pool, for its own features.
-    "himport_registry", "maint_notifications_pool_handler", "maint_notifications_config",
-    "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout",
+# The class redis-py raises for an error reply, by the reply's first word; redis-py keeps this table in
+# a private parser, so it is repeated here and a test checks it against the installed redis-py.
+_ERROR_CLASSES: dict[str, type[RedisError]] = {
+    "OOM": OutOfMemoryError,
+    "WRONGPASS": AuthenticationError,
+    "EXECABORT": ExecAbortError,
+    "LOADING": BusyLoadingError,
+    "NOSCRIPT": NoScriptError,
+    "READONLY": ReadOnlyError,
+    "NOAUTH": AuthenticationError,
+    "NOPERM": NoPermissionError,
+    "ASK": AskError,
+    "TRYAGAIN": TryAgainError,
+    "MOVED": MovedError,
+    "CLUSTERDOWN": ClusterDownError,
+    "CROSSSLOT": ClusterCrossSlotError,
+    "MASTERDOWN": MasterDownError,
+}
+# An ERR reply is named by its whole message, for the few messages redis-py knows.
+_ERR_CLASSES: dict[str, type[RedisError]] = {
+    "max number of clients reached": redis.exceptions.ConnectionError,
+    "invalid password": AuthenticationError,
+    "wrong number of arguments for 'auth' command": AuthenticationWrongNumberOfArgsError,
+    "wrong number of arguments for 'AUTH' command": AuthenticationWrongNumberOfArgsError,
+    "AUTH <password> called without any password configured for the default user. Are you sure your "
+    "configuration is correct?": AuthenticationError,
+    "Client sent AUTH, but no password is set": AuthenticationError,
+    "Error loading the extension. Please check the server logs.": ModuleError,
+    "Error unloading module: the module exports one or more module-side data types, can't unload": (
+        ModuleError
+    ),
+    "Error unloading module: no such module with that name": ModuleError,
+    "Error unloading module: operation not possible.": ModuleError,
+    "problem with LDAP service": ExternalAuthProviderError,
+    # Named from redis-py 8.1; an older one raises a plain ResponseError, and so does this then.
+    "no such fieldset": getattr(redis.exceptions, "NoSuchFieldsetError", ResponseError),
+}
+
+# URL query options that change nothing on the wire (they tune redis-py's pool, or are read below);
+# any other option means "leave it to redis-py" (a client name, RESP3, keepalive...).
+_URL_OPTIONS = frozenset({
+    "db", "socket_timeout", "socket_connect_timeout", "health_check_interval", "max_connections",
+    "timeout",
 })  # fmt: skip
 
 
@@ -157,17 +212,38 @@ class _Connection(asyncio.Protocol):
                 batch.future.set_exception(self._failure)
 
 
+def error_for(message: str) -> RedisError:
+    """The exception redis-py raises for the error reply `message`: a known first word picks the class
+    and is cut from the message, as redis-py's parser does (NOSCRIPT, LOADING, READONLY...)."""
+    code = message.split(" ")[0]
+    error_class = _ERROR_CLASSES.get(code)
+    if error_class is not None:
+        return error_class(message[len(code) + 1 :])
+    if code == "ERR":
+        rest = message[len(code) + 1 :]
+        return _ERR_CLASSES.get(rest, ResponseError)(rest)
+    return ResponseError(message)
+
+
 def raise_error(reply: Any) -> Any:
     """`reply`, or the exception redis-py raises for it when it is an error reply."""
     if isinstance(reply, hiredis.ReplyError):
-        # redis-py's own mapping from an error's prefix to its class (NOSCRIPT, BUSY, LOADING...).
-        error: redis.exceptions.RedisError = BaseParser.parse_error(str(reply))  # type: ignore[no-untyped-call]
-        raise error
+        raise error_for(str(reply))
     return reply
 
 
 def _is_noscript(reply: Any) -> bool:
     return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _database(path: str, query_db: str | None) -> int:
+    """The database of a URL as redis-py reads it: the query's `db`, else the path if it is a number."""
+    if query_db is not None:
+        return int(query_db)
+    try:
+        return int(unquote(path).replace("/", ""))
+    except ValueError:
+        return 0
 
 
 class Multiplexer:
@@ -198,22 +274,25 @@ class Multiplexer:
         self._connecting: asyncio.Lock | None = None
 
     @classmethod
-    def for_pool(cls, pool: ConnectionPool) -> Multiplexer | None:
-        """A multiplexer to the node `pool` connects to, or None when the pool's connections are not
-        plain TCP with options this class knows (redis-py keeps those)."""
-        options = pool.connection_kwargs
-        if pool.connection_class is not Connection or not set(options) <= _KNOWN_OPTIONS:
+    def for_url(cls, url: str, *, encoding: str | None = "utf-8") -> Multiplexer | None:
+        """A multiplexer to the node of the redis:// `url`, read as redis-py reads it, or None when the
+        URL is not plain TCP or sets an option this class does not know (redis-py keeps those).
+        `encoding` decodes replies as the client's own `decode_responses` does; None keeps bytes."""
+        parts = urlparse(url)
+        options = {name: values[0] for name, values in parse_qs(parts.query).items()}
+        if parts.scheme != "redis" or not set(options) <= _URL_OPTIONS:
             return None
+        timeout = options.get("socket_timeout")
+        connect_timeout = options.get("socket_connect_timeout")
         return cls(
-            str(options.get("host", "localhost")),
-            int(options.get("port", 6379)),
-            db=int(options.get("db", 0)),
-            username=options.get("username"),
-            password=options.get("password"),
-            encoding=options.get("encoding", "utf-8") if options.get("decode_responses") else None,
-            encoding_errors=options.get("encoding_errors", "strict"),
-            timeout_s=options.get("socket_timeout", 5.0),
-            connect_timeout_s=options.get("socket_connect_timeout", 5.0),
+            unquote(parts.hostname) if parts.hostname else "localhost",
+            parts.port or 6379,
+            db=_database(parts.path, options.get("db")),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            encoding=encoding,
+            timeout_s=float(timeout) if timeout is not None else 5.0,
+            connect_timeout_s=float(connect_timeout) if connect_timeout is not None else 5.0,
         )
 
     async def execute(self, *command: str | bytes | int | float) -> Any:
@@ -224,8 +303,8 @@ class Multiplexer:
     def execute_many(self, commands: Sequence[Command]) -> Awaitable[list[Any]]:
         """The replies of `commands`, sent back to back; error replies are returned as hiredis
         ReplyError values (see `raise_error`), as they are inside a transaction's reply. On a live
-        connection this is the send's future itself, not a coroutine around it: one frame less for
-        every call to create and resume (issue 6)."""
+        connection this is the send's future itself, not a coroutine around it, because every script
+        call of every message comes through here and a frame to create and resume shows on that path."""
         connection = self._connection
         if connection is not None and connection.usable:
             return connection.send(commands)
@@ -241,7 +320,7 @@ class Multiplexer:
         """EVALSHA, loading the script once if Redis lacks it (a restart, a failover), as redis-py's
         AsyncScript does."""
         try:
-            # `execute` inlined: one coroutine frame less on the two script calls of every message.
+            # `execute` inlined: every message makes two script calls, and a coroutine frame each shows.
             (reply,) = await self.execute_many((("EVALSHA", sha, len(keys), *keys, *args),))
             return raise_error(reply)
         except redis.exceptions.NoScriptError:
