@@ -71,6 +71,14 @@ class Metrics:
         self.upstream_errors = Counter(
             "chatledger_upstream_errors", "Failed model calls by kind.", ["provider", "kind"], registry=r
         )
+        # Apart from chatledger_http_requests_total: a refusal under overload is no fault of the service,
+        # and an alert on the 5xx rate should not fire on it.
+        self.requests_shed = Counter(
+            "chatledger_http_requests_shed",
+            "Requests refused with 503 `overloaded` at the worker's in-flight cap, by route.",
+            ["route"],
+            registry=r,
+        )
         self.script_latency = Histogram(
             "chatledger_redis_script_duration_seconds", "Ledger script latency.", ["script"],
             buckets=_REDIS_BUCKETS_S, registry=r,
@@ -81,6 +89,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._script_children: dict[str, Any] = {}
         self._upstream_children: dict[str, Any] = {}
+        self._shed_children: dict[str, Any] = {}
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count an answered request and time it."""
@@ -91,6 +100,10 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def shed(self, route: str) -> None:
+        """Count a request refused at the in-flight cap."""
+        _child(self._shed_children, self.requests_shed, route).inc()
 
     def observe_script(self, name: str, seconds: float) -> None:
         _child(self._script_children, self.script_latency, name).observe(seconds)
@@ -129,9 +142,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _child(children: dict[str, Any], histogram: Histogram, label: str) -> Any:
-    """`histogram.labels(label)`, looked up once per label value (see Metrics.__init__)."""
+def _child(children: dict[str, Any], metric: Histogram | Counter, label: str) -> Any:
+    """`metric.labels(label)`, looked up once per label value (see Metrics.__init__)."""
     child = children.get(label)
     if child is None:
-        child = children[label] = histogram.labels(label)
+        child = children[label] = metric.labels(label)
     return child
