@@ -57,11 +57,12 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     # Below the cap (the hot path) this is one comparison; `sheds` looks at the route only at the cap.
     if admission.in_flight >= admission.limit and admission.sheds(request):
         return _shed(request, admission)
-    admission.in_flight += 1
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     status = 500
+    # Released in the `finally` below, however the request ends (a stream's end, a cancellation).
+    admission.in_flight += 1
     try:
         try:
             response = _preflight_response(request) or await handler(request)

@@ -22,7 +22,7 @@ import ledger
 from ledger import RedisClient
 from service.admission import RETRY_AFTER_S
 from service.app import create_app
-from service.providers import CompletionRequest, StreamEnd
+from service.providers import Completion, CompletionRequest, ProviderError, StreamEnd
 from service.providers.offline import OfflineModel
 from service.settings import Settings
 from tests.http.conftest import Api, new_tenant
@@ -33,12 +33,20 @@ SSE = {"Accept": "text/event-stream"}
 
 
 class HeldStream(OfflineModel):
-    """The offline model, whose streams stop after their first delta until the test releases them."""
+    """The offline model, whose streams stop after their first delta until the test releases them, and
+    whose next whole reply fails when the test asks."""
 
     def __init__(self) -> None:
         super().__init__()
         self.streaming = asyncio.Event()
         self.release = asyncio.Event()
+        self.fail_next = False
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        if self.fail_next:
+            self.fail_next = False
+            raise ProviderError("The model answered HTTP 500.")
+        return await super().complete(request)
 
     async def _deltas(self, request: CompletionRequest) -> AsyncGenerator[str | StreamEnd, None]:
         first = True
@@ -140,6 +148,17 @@ class TestPastTheCap:
         used, reserved, ops = await figures(store, chat)
         assert (reserved, ops) == (0, ["create", "reserve", "settle", "reserve", "settle"])
         assert used > 0
+
+    async def test_a_failed_request_gives_its_slot_back(self, make_capped: Any) -> None:
+        """A request that fails (the model errs: 502) releases its slot like one that succeeds: with a
+        cap of 1, the next message is served."""
+        capped = await make_capped(cap=1)
+        chat = (await capped.api.create_chat())["chat_id"]
+        capped.model.fail_next = True
+        assert (await capped.send(chat))[0] == 502
+        assert (await capped.send(chat))[0] == 200
+        status, body, _headers = await capped.api.call("GET", "/readyz")
+        assert (status, body["in_flight"]) == (200, 0)
 
     async def test_below_the_cap_nothing_is_refused(self, make_capped: Any) -> None:
         """With two slots and one stream holding one, a message is served."""
