@@ -137,8 +137,9 @@ class Bench:
         self._http_rows()
         o = self.options
         self.rows += await overload.rows(
-            children, client, server.url, api_key, chats, seconds=o.seconds, warmup_seconds=o.warmup_seconds
-        )
+            children, client, server.url, api_key, chats,
+            seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
+        )  # fmt: skip
         self.rows.sort(key=lambda row: row.order)
         await self._ledger(server)
 

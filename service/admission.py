@@ -54,8 +54,9 @@ class Admission:
         )
 
     def sheds(self, request: web.Request) -> bool:
-        """Whether a request that arrives at the cap is refused: all but health, metrics and a CORS
-        preflight (answered without a handler, and a browser that cannot pass it never sees the 503)."""
+        """Whether a request that arrives at the cap is refused: all but health, metrics and OPTIONS (a
+        CORS preflight is answered without a handler, and a browser whose preflight fails never sees
+        the 503 nor its Retry-After)."""
         if request.method == "OPTIONS":
             return False
         resource = request.match_info.route.resource
