@@ -84,8 +84,7 @@ class _Connection(asyncio.Protocol):
         end = self.buffer.find(b"\r\n\r\n")
         if end < 0:
             return
-        match = _LENGTH_RE.search(self.buffer, 0, end + 2)
-        total = end + 4 + (int(match[1]) if match else 0)
+        total = end + 4 + _content_length(self.buffer, end)
         if len(self.buffer) < total:
             return
         status = int(self.buffer[9:12])
@@ -95,6 +94,16 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.run.lost(self)
+
+
+def _content_length(buffer: bytearray, head_end: int) -> int:
+    """The Content-Length of the answer whose head ends at `head_end`: aiohttp's spelling first, as
+    the cheaper find, then any spelling."""
+    at = buffer.find(b"\r\nContent-Length: ", 0, head_end)
+    if at >= 0:
+        return int(buffer[at + 18 : buffer.find(b"\r", at + 18, head_end + 2)])
+    match = _LENGTH_RE.search(buffer, 0, head_end + 2)
+    return int(match[1]) if match else 0
 
 
 class _Run:

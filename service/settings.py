@@ -111,8 +111,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         float, _meta("seconds an idle kept-alive connection stays open", gt=0, le=3600)
     ] = 75.0
     # Requests a worker serves at once; past it, an immediate 503 `overloaded` (service/admission.py).
-    # Keep a load balancer's own per-worker limit below it (deploy/haproxy.cfg's maxconn): at the cap a
-    # worker reports itself not ready.
+    # 100 suits replies that wait on a model; CPU-bound work wants less (docs/operations.md). Keep a load
+    # balancer's own per-worker limit below it (deploy/haproxy.cfg's maxconn): at the cap a worker
+    # reports itself not ready.
     max_in_flight: Annotated[
         int,
         _meta(
