@@ -7,6 +7,7 @@ import msgspec
 from aiohttp import web
 
 import ledger
+from service.admission import SATURATED_FOR_S
 from service.appkeys import ADMISSION, LEDGER
 from service.handlers.common import json_response
 from service.openapi import Doc, documented
@@ -42,7 +43,10 @@ async def readyz(request: web.Request) -> web.Response:
     # This request is one of those in flight: the load is the others.
     in_flight, cap = admission.in_flight - 1, admission.limit
     if admission.saturated(own=1):
-        detail = "The worker is at its in-flight cap and refuses new requests with 503 overloaded."
+        detail = (
+            f"The worker is at its in-flight cap ({cap}) or refused a request within the last "
+            f"{SATURATED_FOR_S:g} s; new requests get 503 overloaded."
+        )
         return json_response(
             Health("saturated", in_flight=in_flight, max_in_flight=cap, detail=detail), status=503
         )

@@ -205,7 +205,8 @@ class TestNeverRefused:
             "status": "saturated",
             "in_flight": 1,
             "max_in_flight": 1,
-            "detail": "The worker is at its in-flight cap and refuses new requests with 503 overloaded.",
+            "detail": "The worker is at its in-flight cap (1) or refused a request within the last 1 s; "
+            "new requests get 503 overloaded.",
         }
         await capped.end_the_stream()
 
