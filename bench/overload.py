@@ -164,6 +164,11 @@ def _others(answers: openloop.Answers) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def _refused(answers: openloop.Answers) -> str:
+    """Refusals where none should be (half load): the worker stalled, or the machine was busy."""
+    return f", {answers.count(503):,} refused" if answers.count(503) else ""
+
+
 def _admitted_row(measured: Round) -> Row:
     return Row(
         order=50,
@@ -217,7 +222,8 @@ def _overloaded(measured: Round) -> str:
 def _half(measured: Round) -> str:
     half = measured.half
     return (
-        f"half load, {measured.rate / 2:,.0f} req/s offered: {_figure(half.of(200))}{_others(half)}; "
+        f"half load, {measured.rate / 2:,.0f} req/s offered: {_figure(half.of(200))}{_refused(half)}"
+        f"{_others(half)}; "
         f"capacity {measured.rate:,.0f} req/s (closed loop, {measured.cap} connections), "
         f"`CHATLEDGER_MAX_IN_FLIGHT={measured.cap}`"
     )
