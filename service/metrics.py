@@ -28,6 +28,11 @@ _UPSTREAM_FAULTS_HELP = (
     "estimate instead), or a reply past max_tokens (cut at the budget)."
 )
 
+_SHED_HELP = (
+    "Requests refused with 503 `overloaded` at the worker's in-flight cap, by route (not in the 5xx of "
+    "chatledger_http_requests_total, so an alert on those sees only the service's faults)."
+)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -71,14 +76,8 @@ class Metrics:
         self.upstream_errors = Counter(
             "chatledger_upstream_errors", "Failed model calls by kind.", ["provider", "kind"], registry=r
         )
-        # Apart from chatledger_http_requests_total: a refusal under overload is no fault of the service,
-        # and an alert on the 5xx rate should not fire on it.
-        self.requests_shed = Counter(
-            "chatledger_http_requests_shed",
-            "Requests refused with 503 `overloaded` at the worker's in-flight cap, by route.",
-            ["route"],
-            registry=r,
-        )
+        # Apart from chatledger_http_requests_total: a refusal under overload is no fault of the service.
+        self.requests_shed = Counter("chatledger_http_requests_shed", _SHED_HELP, ["route"], registry=r)
         self.script_latency = Histogram(
             "chatledger_redis_script_duration_seconds", "Ledger script latency.", ["script"],
             buckets=_REDIS_BUCKETS_S, registry=r,
