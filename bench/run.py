@@ -30,7 +30,7 @@ import aiohttp
 import msgspec
 
 import ledger
-from bench import history_bench, ledger_bench, load, redis_stats
+from bench import history_bench, ledger_bench, load, overload, redis_stats
 from bench.baseline import TRIVIAL_SCRIPT
 from bench.processes import BenchError, Children, start_baseline, start_service
 from bench.table import Row, render
@@ -135,6 +135,11 @@ class Bench:
                 await self._history(client, book, config, api_key, port)
             children.stop(started)
         self._http_rows()
+        o = self.options
+        self.rows += await overload.rows(
+            children, client, server.url, api_key, chats,
+            seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
+        )  # fmt: skip
         self.rows.sort(key=lambda row: row.order)
         await self._ledger(server)
 

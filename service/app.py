@@ -6,7 +6,8 @@ from aiohttp import web
 
 from ledger import RedisClient
 from service import handlers, lifecycle
-from service.appkeys import METRICS, PROVIDER, REDIS, SETTINGS
+from service.admission import Admission
+from service.appkeys import ADMISSION, METRICS, PROVIDER, REDIS, SETTINGS
 from service.metrics import Metrics
 from service.middlewares import request_context
 from service.providers import Provider
@@ -22,6 +23,7 @@ def create_app(
     app = web.Application(middlewares=[request_context], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[ADMISSION] = Admission(settings.max_in_flight, settings.api_prefix)
     if redis is not None:
         app[REDIS] = redis
     if provider is not None:

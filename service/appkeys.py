@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ledger import Ledger, RedisClient, TenantStore
+from service.admission import Admission
 from service.auth import Authenticator
 from service.exchange import Exchange
 from service.metrics import Metrics
@@ -21,6 +22,7 @@ AUTH = web.AppKey("auth", Authenticator)
 PROVIDER = web.AppKey("provider", Provider)
 EXCHANGE = web.AppKey("exchange", Exchange)
 METRICS = web.AppKey("metrics", Metrics)
+ADMISSION = web.AppKey("admission", Admission)
 # The chat widget (issue 8); None when it has no key and its routes answer 404.
 WIDGET: web.AppKey[Widget | None] = web.AppKey("widget")
 

@@ -28,6 +28,11 @@ _UPSTREAM_FAULTS_HELP = (
     "estimate instead), or a reply past max_tokens (cut at the budget)."
 )
 
+_SHED_HELP = (
+    "Requests refused with 503 `overloaded` at the worker's in-flight cap, by route (not in the 5xx of "
+    "chatledger_http_requests_total, so an alert on those sees only the service's faults)."
+)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -71,6 +76,8 @@ class Metrics:
         self.upstream_errors = Counter(
             "chatledger_upstream_errors", "Failed model calls by kind.", ["provider", "kind"], registry=r
         )
+        # Apart from chatledger_http_requests_total: a refusal under overload is no fault of the service.
+        self.requests_shed = Counter("chatledger_http_requests_shed", _SHED_HELP, ["route"], registry=r)
         self.script_latency = Histogram(
             "chatledger_redis_script_duration_seconds", "Ledger script latency.", ["script"],
             buckets=_REDIS_BUCKETS_S, registry=r,
@@ -81,6 +88,7 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._script_children: dict[str, Any] = {}
         self._upstream_children: dict[str, Any] = {}
+        self._shed_children: dict[str, Any] = {}
 
     def request_done(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count an answered request and time it."""
@@ -91,6 +99,10 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def shed(self, route: str) -> None:
+        """Count a request refused at the in-flight cap."""
+        _child(self._shed_children, self.requests_shed, route).inc()
 
     def observe_script(self, name: str, seconds: float) -> None:
         _child(self._script_children, self.script_latency, name).observe(seconds)
@@ -129,9 +141,9 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _child(children: dict[str, Any], histogram: Histogram, label: str) -> Any:
-    """`histogram.labels(label)`, looked up once per label value (see Metrics.__init__)."""
+def _child(children: dict[str, Any], metric: Histogram | Counter, label: str) -> Any:
+    """`metric.labels(label)`, looked up once per label value (see Metrics.__init__)."""
     child = children.get(label)
     if child is None:
-        child = children[label] = histogram.labels(label)
+        child = children[label] = metric.labels(label)
     return child

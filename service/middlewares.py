@@ -1,6 +1,6 @@
-"""The one middleware every request passes (its id, CORS preflight, JSON errors, its log line and
-metrics), and the stamp of every response, streamed ones included, with its request id and CORS
-headers."""
+"""The one middleware every request passes (its id, the in-flight cap, CORS preflight, JSON errors, its
+log line and metrics), and the stamp of every response, streamed ones included, with its request id and
+CORS headers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service.appkeys import METRICS, REQUEST_ID, SETTINGS
+from service.admission import Admission
+from service.appkeys import ADMISSION, METRICS, REQUEST_ID, SETTINGS
 from service.errors import error_response, response_for
 
 log = structlog.get_logger("chatledger.http")
@@ -40,8 +41,9 @@ def _route_label(request: web.Request) -> str:
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give the request an id, answer a CORS preflight, render every failure as the JSON error shape,
-    stamp the response, and log one `request` event (and its metrics) at its end.
+    """Give the request an id, refuse it past the worker's in-flight cap, answer a CORS preflight,
+    render every failure as the JSON error shape, stamp the response, and log one `request` event (and
+    its metrics) at its end.
 
     One middleware and no `on_response_prepare` hook: every middleware is one more coroutine frame
     that each request resumes at every await, and the hook one more coroutine per response; as
@@ -51,10 +53,16 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     # 32 random hex digits, as uuid4().hex was, for a quarter of its cost (issue 6).
     request_id = incoming if incoming and _INCOMING_ID_RE.fullmatch(incoming) else os.urandom(16).hex()
     request[REQUEST_ID] = request_id
+    admission = request.app[ADMISSION]
+    # Below the cap (the hot path) this is one comparison; `sheds` looks at the route only at the cap.
+    if admission.in_flight >= admission.limit and admission.sheds(request):
+        return _shed(request, admission)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
     status = 500
+    # Released in the `finally` below, however the request ends (a stream's end, a cancellation).
+    admission.in_flight += 1
     try:
         try:
             response = _preflight_response(request) or await handler(request)
@@ -65,6 +73,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         status = response.status
         return response
     finally:
+        admission.in_flight -= 1
         elapsed = time.perf_counter() - started
         request.app[METRICS].request_done(request.method, _route_label(request), status, elapsed)
         log.info(
@@ -74,6 +83,22 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             status=status,
             duration_ms=round(elapsed * 1000, 2),
         )
+
+
+def _shed(request: web.Request, admission: Admission) -> web.Response:
+    """The immediate 503 `overloaded` for a request past the cap: counted apart from the service's
+    faults, and logged as one line per second at most, not one per refusal (service/admission.py)."""
+    response = admission.refusal()
+    stamp_response(request, response)
+    request.app[METRICS].shed(_route_label(request))
+    if admission.log_due():
+        log.warning(
+            "requests_shed",
+            shed=admission.logged(),
+            in_flight=admission.in_flight,
+            max_in_flight=admission.limit,
+        )
+    return response
 
 
 def _error_response(request: web.Request, request_id: str, exc: Exception) -> web.Response:

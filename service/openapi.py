@@ -23,7 +23,7 @@ import msgspec
 from aiohttp import web
 
 import service
-from service.appkeys import SETTINGS
+from service.appkeys import ADMISSION, SETTINGS
 from service.schemas import StreamDelta, StreamError
 from service.streaming import StreamDone
 
@@ -50,7 +50,7 @@ _DESCRIPTIONS = {
     "would take the limit past 10^12.",
     429: "Rate limited.",
     502: "The model failed before the reply started; nothing was charged.",
-    503: "The token store is unavailable.",
+    503: "The token store is unavailable, or the worker is at its in-flight cap (code overloaded).",
     504: "The model timed out before the reply started; nothing was charged.",
 }
 # Statuses whose answer says when to try again (service/errors.py).
@@ -200,8 +200,10 @@ def build(app: web.Application) -> dict[str, Any]:
         _apply_marks(schema)
 
     paths: dict[str, dict[str, Any]] = {}
+    admission = app[ADMISSION]
     for method, path, doc in operations:
-        paths.setdefault(path, {})[method] = _operation(method, path, doc, refs)
+        shed = admission.may_shed(path)
+        paths.setdefault(path, {})[method] = _operation(method, path, doc, refs, shed=shed)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -247,8 +249,9 @@ def _walk(schema: Any) -> Iterator[dict[str, Any]]:
             yield from _walk(value)
 
 
-def _statuses(doc: Doc) -> set[int]:
-    statuses = set(doc.errors) | set(_COMMON[doc.auth])
+def _statuses(doc: Doc, *, shed: bool) -> set[int]:
+    # Any route but health and metrics may be refused at the worker's in-flight cap (503 overloaded).
+    statuses = set(doc.errors) | set(_COMMON[doc.auth]) | ({503} if shed else set())
     if doc.body is not None:
         statuses |= set(_BODY_ERRORS)
     if doc.query is not None:
@@ -265,7 +268,9 @@ def _headers(status: int) -> dict[str, Any]:
     return headers
 
 
-def _operation(method: str, path: str, doc: Doc, refs: dict[Any, dict[str, Any]]) -> dict[str, Any]:
+def _operation(
+    method: str, path: str, doc: Doc, refs: dict[Any, dict[str, Any]], *, shed: bool
+) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": doc.summary,
         "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
@@ -288,7 +293,7 @@ def _operation(method: str, path: str, doc: Doc, refs: dict[Any, dict[str, Any]]
             "headers": _headers(status),
             "content": {"application/json": {"schema": refs[tp]}},
         }
-    for status in sorted(_statuses(doc)):
+    for status in sorted(_statuses(doc, shed=shed)):
         response: dict[str, Any] = {"description": _DESCRIPTIONS[status], "headers": _headers(status)}
         if status != 304:
             error = InsufficientTokensBody if status == 402 else ErrorBody

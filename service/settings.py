@@ -110,6 +110,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     keepalive_timeout_s: Annotated[
         float, _meta("seconds an idle kept-alive connection stays open", gt=0, le=3600)
     ] = 75.0
+    # Requests a worker serves at once; past it, an immediate 503 `overloaded` (service/admission.py).
+    # 100 suits replies that wait on a model; CPU-bound work wants less (docs/operations.md). Keep a load
+    # balancer's own per-worker limit below it (deploy/haproxy.cfg's maxconn): at the cap a worker
+    # reports itself not ready.
+    max_in_flight: Annotated[
+        int,
+        _meta(
+            "requests a worker serves at once; more get 503 `overloaded` (health, metrics excepted)",
+            ge=1,
+            le=100_000,
+        ),
+    ] = 100
     # Test and demo only: each message request waits this long before it is handled (service/delay.py).
     message_delay_ms: Annotated[
         int, _meta("test and demo only: each message request waits this long first", ge=0, le=600_000)

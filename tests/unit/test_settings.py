@@ -42,6 +42,7 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "shutdown_timeout_s": ["0", "3601", "nan"],
     "header_timeout_s": ["0", "301", "inf"],
     "keepalive_timeout_s": ["0", "3601"],
+    "max_in_flight": ["0", "100001", "many"],
     "message_delay_ms": ["-1", "600001"],
     "key_prefix": ["a{b}", "k" * 33, "has space"],
     "log_format": ["xml"],
