@@ -1,8 +1,7 @@
 """The ledger's exceptions: business outcomes the service maps to statuses, and Redis failures.
 
-Every `redis.RedisError` becomes `LedgerUnavailable` through `store_failure`: in `wrap_redis_errors`
-around the ledger's methods, and in `Scripts` itself for the two scripts of every message (one coroutine
-frame less per call, issue 6). So `service/` never imports a Redis exception.
+Every `redis.RedisError` becomes `LedgerUnavailable` in `wrap_redis_errors`, which wraps every public
+method of Ledger and TenantStore and nothing else, so `service/` never imports a Redis exception.
 """
 
 from __future__ import annotations
@@ -107,21 +106,15 @@ class LedgerUnavailable(LedgerError):
     code = "store_unavailable"
 
 
-def store_failure(exc: redis.exceptions.RedisError) -> LedgerUnavailable:
-    """The LedgerUnavailable a Redis failure becomes; raise it `from exc`, keeping the cause for the
-    logs."""
-    return LedgerUnavailable(f"The token store failed: {type(exc).__name__}.")
-
-
 def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turn a Redis failure inside `fn` into LedgerUnavailable."""
+    """Turn a Redis failure inside `fn` into LedgerUnavailable, keeping the cause for the logs."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
         except redis.exceptions.RedisError as exc:
-            raise store_failure(exc) from exc
+            raise LedgerUnavailable(f"The token store failed: {type(exc).__name__}.") from exc
 
     return wrapper
 

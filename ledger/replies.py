@@ -1,0 +1,236 @@
+"""A typed decoder for every script's reply (the `Reply:` header of each ledger/lua/*.lua).
+
+A script answers an array whose first element is its status (style.md 5): "ok" and its figures, or a
+refusal such as "not_found". Each shape is a msgspec Struct with `array_like=True`, tagged by that
+status, so a reply is checked and decoded in one C call, and a refusal becomes its LedgerError here.
+A reply that matches no shape is a bug in a script or in its caller, never a client's doing: it raises
+MalformedReply (a 500), not msgspec's ValidationError, which the service would answer as a 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, Union
+
+import msgspec
+
+from ledger.errors import (
+    ChatDeleted,
+    ChatNotDeleted,
+    ChatNotFound,
+    DuplicateInFlight,
+    ExchangeReplayed,
+    IdempotencyKeyReused,
+    InsufficientTokens,
+    LedgerError,
+    LimitTooLarge,
+    ReservationAlreadySettled,
+    ReservationAlreadyVoided,
+    ReservationExpired,
+    ReservationNotFound,
+)
+from ledger.history import decode_entry
+from ledger.limits import AMOUNT_MILLI_MAX
+
+T = TypeVar("T")
+
+# A stream entry as Redis returns it: its id, then its fields and values in one flat list.
+Entry: TypeAlias = list[Any]
+
+
+class MalformedReply(Exception):
+    """A script answered something its `Reply:` header does not allow."""
+
+    def __init__(self, script: str, reply: object, problem: str) -> None:
+        super().__init__(f"{script}.lua replied {reply!r}: {problem}")
+        self.script = script
+        self.reply = reply
+
+
+# --- refusals: statuses that become a LedgerError ---------------------------------------------------
+class Refusal(msgspec.Struct, array_like=True, frozen=True):
+    """A status that is not a success; `error()` is the LedgerError it means."""
+
+    exception: ClassVar[type[LedgerError]]
+
+    def error(self) -> LedgerError:
+        return self.exception()
+
+
+class NotFound(Refusal, tag="not_found", frozen=True):
+    exception = ChatNotFound
+
+
+class Deleted(Refusal, tag="deleted", frozen=True):
+    exception = ChatDeleted
+
+
+class NotDeleted(Refusal, tag="not_deleted", frozen=True):
+    exception = ChatNotDeleted
+
+
+class InFlight(Refusal, tag="in_flight", frozen=True):
+    exception = DuplicateInFlight
+
+
+class KeyReused(Refusal, tag="key_reused", frozen=True):
+    exception = IdempotencyKeyReused
+
+
+class TooLarge(Refusal, tag="limit_too_large", frozen=True):
+    def error(self) -> LedgerError:
+        return LimitTooLarge(AMOUNT_MILLI_MAX)
+
+
+class NoReservation(Refusal, tag="reservation_not_found", frozen=True):
+    exception = ReservationNotFound
+
+
+class AlreadySettled(Refusal, tag="reservation_already_settled", frozen=True):
+    exception = ReservationAlreadySettled
+
+
+class AlreadyVoided(Refusal, tag="reservation_already_voided", frozen=True):
+    exception = ReservationAlreadyVoided
+
+
+class Expired(Refusal, tag="reservation_expired", frozen=True):
+    exception = ReservationExpired
+
+
+class Insufficient(Refusal, tag="insufficient", frozen=True):
+    available_milli: int
+    needed_milli: int
+    limit_milli: int
+    used_milli: int
+
+    def error(self) -> LedgerError:
+        return InsufficientTokens(
+            available_milli=self.available_milli,
+            needed_milli=self.needed_milli,
+            limit_milli=self.limit_milli,
+            used_milli=self.used_milli,
+        )
+
+
+class Replayed(Refusal, tag="replay", frozen=True):
+    """The Idempotency-Key's exchange completed: its saved reply, to be answered again."""
+
+    entry: Entry
+
+    def error(self) -> LedgerError:
+        return ExchangeReplayed(decode_entry(self.entry))
+
+
+# --- successes ----------------------------------------------------------------------------------------
+class Granted(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+    """reserve.lua's hold. The context is the newest `context_count` messages of a stream of `length`
+    whose newest id is `newest_id`; `entries` holds them only when the script was asked to return them
+    (ContextMode.IN_REPLY), and is empty otherwise."""
+
+    granted_milli: int
+    prompt_milli: int
+    completion_tokens: int
+    reclaimed: int
+    context_count: int
+    length: int
+    newest_id: str
+    entries: list[Entry]
+
+
+class Settled(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+    """settle.lua's charge. `previous_id` is the newest message before the pair ('' for none, or when
+    the chat keeps no token counts) and `length` the stream's length after it."""
+
+    charged_milli: int
+    clamped_milli: int
+    user_id: str
+    reply_id: str
+    limit_milli: int
+    used_milli: int
+    reserved_milli: int
+    previous_id: str
+    length: int
+
+
+class Voided(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+    released_milli: int
+
+
+class ChatMeta(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+    """The chat's meta hash after the change, as HGETALL returns it: fields and values in turn."""
+
+    fields: list[str]
+
+
+class Created(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+    pass
+
+
+class CreateReplayed(msgspec.Struct, array_like=True, frozen=True, tag="replay"):
+    """The chat this Idempotency-Key created: its meta hash now."""
+
+    fields: list[str]
+
+
+class TopUpReplayed(msgspec.Struct, array_like=True, frozen=True, tag="replay"):
+    """The key's top-up happened before: the balance it answered, then the meta hash now."""
+
+    limit_milli: int
+    used_milli: int
+    fields: list[str]
+
+
+class Page(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+    total: int
+    entries: list[Entry]
+
+
+class Metered(msgspec.Struct, array_like=True, frozen=True):
+    """rate_limit.lua: allowed (1) or not (0), and the milliseconds to wait when not."""
+
+    allowed: int
+    retry_after_ms: int
+
+
+# --- one decoder per script ---------------------------------------------------------------------------
+class ReplyDecoder(Generic[T]):
+    """One script's reply as T, the Struct of its success; a refusal is raised as its LedgerError.
+
+    msgspec caches a Struct's type information but not a bare Union's, so the shapes are the one field
+    of a wrapper Struct, whose information is built once rather than for every reply."""
+
+    __slots__ = ("_script", "_wrapper")
+
+    def __init__(self, script: str, *shapes: type[msgspec.Struct]) -> None:
+        self._script = script
+        union = Union[shapes]  # type: ignore[valid-type]  # noqa: UP007
+        self._wrapper: type[Any] = msgspec.defstruct(f"{script}_reply", [("reply", union)], array_like=True)
+
+    def __call__(self, reply: Any) -> T:
+        try:
+            decoded = msgspec.convert((reply,), self._wrapper).reply
+        except msgspec.ValidationError as exc:
+            raise MalformedReply(self._script, reply, str(exc)) from None
+        if isinstance(decoded, Refusal):
+            raise decoded.error()
+        result: T = decoded
+        return result
+
+
+_RESOLVING = (NotFound, NoReservation, AlreadySettled, AlreadyVoided, Expired)
+
+decode_reserve: ReplyDecoder[Granted] = ReplyDecoder(
+    "reserve", Granted, Insufficient, Replayed, NotFound, Deleted, InFlight, KeyReused
+)
+decode_settle: ReplyDecoder[Settled] = ReplyDecoder("settle", Settled, Deleted, *_RESOLVING)
+decode_void: ReplyDecoder[Voided] = ReplyDecoder("void", Voided, *_RESOLVING)
+decode_create_chat: ReplyDecoder[Created | CreateReplayed] = ReplyDecoder(
+    "create_chat", Created, CreateReplayed, KeyReused
+)
+decode_top_up: ReplyDecoder[ChatMeta | TopUpReplayed] = ReplyDecoder(
+    "top_up", ChatMeta, TopUpReplayed, NotFound, Deleted, TooLarge, KeyReused
+)
+decode_delete_chat: ReplyDecoder[ChatMeta] = ReplyDecoder("delete_chat", ChatMeta, NotFound, Deleted)
+decode_restore_chat: ReplyDecoder[ChatMeta] = ReplyDecoder("restore_chat", ChatMeta, NotFound, NotDeleted)
+decode_history: ReplyDecoder[Page] = ReplyDecoder("history", Page, NotFound, Deleted)
+decode_rate_limit: ReplyDecoder[Metered] = ReplyDecoder("rate_limit", Metered)
