@@ -47,7 +47,11 @@ class MalformedReply(Exception):
 
 
 # --- refusals: statuses that become a LedgerError ---------------------------------------------------
-class Refusal(msgspec.Struct, array_like=True, frozen=True):
+class Shape(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
+    """A reply's shape: an array read by position, no element missing and none left over."""
+
+
+class Refusal(Shape, frozen=True):
     """A status that is not a success; `error()` is the LedgerError it means."""
 
     exception: ClassVar[type[LedgerError]]
@@ -56,48 +60,48 @@ class Refusal(msgspec.Struct, array_like=True, frozen=True):
         return self.exception()
 
 
-class NotFound(Refusal, tag="not_found", frozen=True):
+class NotFound(Refusal, frozen=True, tag="not_found"):
     exception = ChatNotFound
 
 
-class Deleted(Refusal, tag="deleted", frozen=True):
+class Deleted(Refusal, frozen=True, tag="deleted"):
     exception = ChatDeleted
 
 
-class NotDeleted(Refusal, tag="not_deleted", frozen=True):
+class NotDeleted(Refusal, frozen=True, tag="not_deleted"):
     exception = ChatNotDeleted
 
 
-class InFlight(Refusal, tag="in_flight", frozen=True):
+class InFlight(Refusal, frozen=True, tag="in_flight"):
     exception = DuplicateInFlight
 
 
-class KeyReused(Refusal, tag="key_reused", frozen=True):
+class KeyReused(Refusal, frozen=True, tag="key_reused"):
     exception = IdempotencyKeyReused
 
 
-class TooLarge(Refusal, tag="limit_too_large", frozen=True):
+class TooLarge(Refusal, frozen=True, tag="limit_too_large"):
     def error(self) -> LedgerError:
         return LimitTooLarge(AMOUNT_MILLI_MAX)
 
 
-class NoReservation(Refusal, tag="reservation_not_found", frozen=True):
+class NoReservation(Refusal, frozen=True, tag="reservation_not_found"):
     exception = ReservationNotFound
 
 
-class AlreadySettled(Refusal, tag="reservation_already_settled", frozen=True):
+class AlreadySettled(Refusal, frozen=True, tag="reservation_already_settled"):
     exception = ReservationAlreadySettled
 
 
-class AlreadyVoided(Refusal, tag="reservation_already_voided", frozen=True):
+class AlreadyVoided(Refusal, frozen=True, tag="reservation_already_voided"):
     exception = ReservationAlreadyVoided
 
 
-class Expired(Refusal, tag="reservation_expired", frozen=True):
+class Expired(Refusal, frozen=True, tag="reservation_expired"):
     exception = ReservationExpired
 
 
-class Insufficient(Refusal, tag="insufficient", frozen=True):
+class Insufficient(Refusal, frozen=True, tag="insufficient"):
     available_milli: int
     needed_milli: int
     limit_milli: int
@@ -112,7 +116,7 @@ class Insufficient(Refusal, tag="insufficient", frozen=True):
         )
 
 
-class Replayed(Refusal, tag="replay", frozen=True):
+class Replayed(Refusal, frozen=True, tag="replay"):
     """The Idempotency-Key's exchange completed: its saved reply, to be answered again."""
 
     entry: Entry
@@ -122,7 +126,7 @@ class Replayed(Refusal, tag="replay", frozen=True):
 
 
 # --- successes ----------------------------------------------------------------------------------------
-class Granted(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+class Granted(Shape, frozen=True, tag="ok"):
     """reserve.lua's hold. The context is the newest `context_count` messages of a stream of `length`
     whose newest id is `newest_id`; `entries` holds them only when the script was asked to return them
     (ContextMode.IN_REPLY), and is empty otherwise."""
@@ -137,7 +141,7 @@ class Granted(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
     entries: list[Entry]
 
 
-class Settled(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+class Settled(Shape, frozen=True, tag="ok"):
     """settle.lua's charge. `previous_id` is the newest message before the pair ('' for none, or when
     the chat keeps no token counts) and `length` the stream's length after it."""
 
@@ -152,27 +156,27 @@ class Settled(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
     length: int
 
 
-class Voided(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+class Voided(Shape, frozen=True, tag="ok"):
     released_milli: int
 
 
-class ChatMeta(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+class ChatMeta(Shape, frozen=True, tag="ok"):
     """The chat's meta hash after the change, as HGETALL returns it: fields and values in turn."""
 
     fields: list[str]
 
 
-class Created(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+class Created(Shape, frozen=True, tag="ok"):
     pass
 
 
-class CreateReplayed(msgspec.Struct, array_like=True, frozen=True, tag="replay"):
+class CreateReplayed(Shape, frozen=True, tag="replay"):
     """The chat this Idempotency-Key created: its meta hash now."""
 
     fields: list[str]
 
 
-class TopUpReplayed(msgspec.Struct, array_like=True, frozen=True, tag="replay"):
+class TopUpReplayed(Shape, frozen=True, tag="replay"):
     """The key's top-up happened before: the balance it answered, then the meta hash now."""
 
     limit_milli: int
@@ -180,12 +184,12 @@ class TopUpReplayed(msgspec.Struct, array_like=True, frozen=True, tag="replay"):
     fields: list[str]
 
 
-class Page(msgspec.Struct, array_like=True, frozen=True, tag="ok"):
+class Page(Shape, frozen=True, tag="ok"):
     total: int
     entries: list[Entry]
 
 
-class Metered(msgspec.Struct, array_like=True, frozen=True):
+class Metered(Shape, frozen=True):
     """rate_limit.lua: allowed (1) or not (0), and the milliseconds to wait when not."""
 
     allowed: int
@@ -201,7 +205,7 @@ class ReplyDecoder(Generic[T]):
 
     __slots__ = ("_script", "_wrapper")
 
-    def __init__(self, script: str, *shapes: type[msgspec.Struct]) -> None:
+    def __init__(self, script: str, *shapes: type[Shape]) -> None:
         self._script = script
         union = Union[shapes]  # type: ignore[valid-type]  # noqa: UP007
         self._wrapper: type[Any] = msgspec.defstruct(f"{script}_reply", [("reply", union)], array_like=True)
