@@ -35,15 +35,6 @@ local function pack_count(n)
     math.floor(n / 256) % 256, n % 256)
 end
 
--- A settled pair's two counts (digit strings, as settle receives them) packed: struct (on a real
--- Redis) converts and packs both in one call; the embedded Redis (fakeredis) has no struct.
-local function pack_counts(first, second)
-  if struct then
-    return struct.pack('>I4I4', first, second)
-  end
-  return pack_count(tonumber(first)) .. pack_count(tonumber(second))
-end
-
 local function unpack_count(packed, at)
   local b1, b2, b3, b4 = string.byte(packed, at, at + 3)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4

@@ -70,7 +70,15 @@ local previous_id, length = '', 0
 if chat.ctxlen ~= nil then
   -- Oldest first: the user message, then the reply. Trimmed back to CONTEXT_TOKENS_KEPT counts once
   -- it holds CONTEXT_TOKENS_SLACK more, not on every message (one call less per message).
-  local bytes = redis.call('APPEND', context_key, pack_counts(user_tokens, reply_tokens))
+  -- The counts come as digits, which the stream keeps; struct (on a real Redis) converts and packs
+  -- both in one call, and the embedded Redis (fakeredis) has no struct.
+  local counts
+  if struct then
+    counts = struct.pack('>I4I4', user_tokens, reply_tokens)
+  else
+    counts = pack_count(tonumber(user_tokens)) .. pack_count(tonumber(reply_tokens))
+  end
+  local bytes = redis.call('APPEND', context_key, counts)
   if bytes > 4 * (CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK) then
     redis.call('SET', context_key, redis.call('GETRANGE', context_key, -4 * CONTEXT_TOKENS_KEPT, -1))
   end
