@@ -12,6 +12,7 @@ from typing import ParamSpec, TypeVar
 
 import redis.exceptions
 
+from ledger.limits import AMOUNT_MILLI_MAX
 from ledger.results import StoredMessage
 
 P = ParamSpec("P")
@@ -52,7 +53,7 @@ class InvalidAmount(LedgerError, ValueError):
 class LimitTooLarge(LedgerError):
     code = "token_limit_too_large"
 
-    def __init__(self, max_milli: int) -> None:
+    def __init__(self, max_milli: int = AMOUNT_MILLI_MAX) -> None:
         self.max_milli = max_milli
         super().__init__("The token limit would exceed the maximum a chat may hold.")
 

@@ -9,7 +9,7 @@ MalformedReply (a 500), not msgspec's ValidationError, which the service would a
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, Union
+from typing import Any, ClassVar, Generic, TypeAlias, TypeVar, Union, cast
 
 import msgspec
 
@@ -29,7 +29,6 @@ from ledger.errors import (
     ReservationNotFound,
 )
 from ledger.history import decode_entry
-from ledger.limits import AMOUNT_MILLI_MAX
 
 T = TypeVar("T")
 
@@ -46,11 +45,11 @@ class MalformedReply(Exception):
         self.reply = reply
 
 
-# --- refusals: statuses that become a LedgerError ---------------------------------------------------
 class Shape(msgspec.Struct, array_like=True, frozen=True, forbid_unknown_fields=True):
     """A reply's shape: an array read by position, no element missing and none left over."""
 
 
+# --- refusals: statuses that become a LedgerError ---------------------------------------------------
 class Refusal(Shape, frozen=True):
     """A status that is not a success; `error()` is the LedgerError it means."""
 
@@ -60,45 +59,35 @@ class Refusal(Shape, frozen=True):
         return self.exception()
 
 
-class NotFound(Refusal, frozen=True, tag="not_found"):
-    exception = ChatNotFound
+def _refusal(status: str, exception: type[LedgerError]) -> type[Refusal]:
+    """The shape of a refusal that is its status alone."""
+    shape = msgspec.defstruct(
+        f"Refused_{status}", [], bases=(Refusal,), namespace={"exception": exception}, tag=status, frozen=True
+    )
+    return cast(type[Refusal], shape)
 
 
-class Deleted(Refusal, frozen=True, tag="deleted"):
-    exception = ChatDeleted
+# Every refusal that is its status alone, by the status the scripts answer.
+_REFUSALS = {
+    status: _refusal(status, exception)
+    for status, exception in [
+        ("not_found", ChatNotFound),
+        ("deleted", ChatDeleted),
+        ("not_deleted", ChatNotDeleted),
+        ("in_flight", DuplicateInFlight),
+        ("key_reused", IdempotencyKeyReused),
+        ("limit_too_large", LimitTooLarge),
+        ("reservation_not_found", ReservationNotFound),
+        ("reservation_already_settled", ReservationAlreadySettled),
+        ("reservation_already_voided", ReservationAlreadyVoided),
+        ("reservation_expired", ReservationExpired),
+    ]
+}
 
 
-class NotDeleted(Refusal, frozen=True, tag="not_deleted"):
-    exception = ChatNotDeleted
-
-
-class InFlight(Refusal, frozen=True, tag="in_flight"):
-    exception = DuplicateInFlight
-
-
-class KeyReused(Refusal, frozen=True, tag="key_reused"):
-    exception = IdempotencyKeyReused
-
-
-class TooLarge(Refusal, frozen=True, tag="limit_too_large"):
-    def error(self) -> LedgerError:
-        return LimitTooLarge(AMOUNT_MILLI_MAX)
-
-
-class NoReservation(Refusal, frozen=True, tag="reservation_not_found"):
-    exception = ReservationNotFound
-
-
-class AlreadySettled(Refusal, frozen=True, tag="reservation_already_settled"):
-    exception = ReservationAlreadySettled
-
-
-class AlreadyVoided(Refusal, frozen=True, tag="reservation_already_voided"):
-    exception = ReservationAlreadyVoided
-
-
-class Expired(Refusal, frozen=True, tag="reservation_expired"):
-    exception = ReservationExpired
+def refused(*statuses: str) -> tuple[type[Refusal], ...]:
+    """The shapes of these refusals, named as the scripts' `Reply:` headers name them."""
+    return tuple(_REFUSALS[status] for status in statuses)
 
 
 class Insufficient(Refusal, frozen=True, tag="insufficient"):
@@ -221,20 +210,31 @@ class ReplyDecoder(Generic[T]):
         return result
 
 
-_RESOLVING = (NotFound, NoReservation, AlreadySettled, AlreadyVoided, Expired)
+# The refusals of settle and void, from the prelude's open_reservation.
+_RESOLVING = (
+    "not_found",
+    "reservation_not_found",
+    "reservation_already_settled",
+    "reservation_already_voided",
+    "reservation_expired",
+)
 
 decode_reserve: ReplyDecoder[Granted] = ReplyDecoder(
-    "reserve", Granted, Insufficient, Replayed, NotFound, Deleted, InFlight, KeyReused
+    "reserve", Granted, Insufficient, Replayed, *refused("not_found", "deleted", "in_flight", "key_reused")
 )
-decode_settle: ReplyDecoder[Settled] = ReplyDecoder("settle", Settled, Deleted, *_RESOLVING)
-decode_void: ReplyDecoder[Voided] = ReplyDecoder("void", Voided, *_RESOLVING)
+decode_settle: ReplyDecoder[Settled] = ReplyDecoder("settle", Settled, *refused("deleted", *_RESOLVING))
+decode_void: ReplyDecoder[Voided] = ReplyDecoder("void", Voided, *refused(*_RESOLVING))
 decode_create_chat: ReplyDecoder[Created | CreateReplayed] = ReplyDecoder(
-    "create_chat", Created, CreateReplayed, KeyReused
+    "create_chat", Created, CreateReplayed, *refused("key_reused")
 )
 decode_top_up: ReplyDecoder[ChatMeta | TopUpReplayed] = ReplyDecoder(
-    "top_up", ChatMeta, TopUpReplayed, NotFound, Deleted, TooLarge, KeyReused
+    "top_up", ChatMeta, TopUpReplayed, *refused("not_found", "deleted", "limit_too_large", "key_reused")
 )
-decode_delete_chat: ReplyDecoder[ChatMeta] = ReplyDecoder("delete_chat", ChatMeta, NotFound, Deleted)
-decode_restore_chat: ReplyDecoder[ChatMeta] = ReplyDecoder("restore_chat", ChatMeta, NotFound, NotDeleted)
-decode_history: ReplyDecoder[Page] = ReplyDecoder("history", Page, NotFound, Deleted)
+decode_delete_chat: ReplyDecoder[ChatMeta] = ReplyDecoder(
+    "delete_chat", ChatMeta, *refused("not_found", "deleted")
+)
+decode_restore_chat: ReplyDecoder[ChatMeta] = ReplyDecoder(
+    "restore_chat", ChatMeta, *refused("not_found", "not_deleted")
+)
+decode_history: ReplyDecoder[Page] = ReplyDecoder("history", Page, *refused("not_found", "deleted"))
 decode_rate_limit: ReplyDecoder[Metered] = ReplyDecoder("rate_limit", Metered)
