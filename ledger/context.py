@@ -1,44 +1,46 @@
-"""Each worker's copy of its chats' newest messages, so a reserve reads only what is new (issue 6).
+"""How a reserve gets its chat's context: one seam, ContextSource, and its two implementations.
 
-A chat's history is append-only: an entry never changes and is never removed. A worker that read a
-chat's newest messages once therefore needs only the ones added since: the reserve's transaction reads
-`XREVRANGE msgs + (<newest cached id> COUNT n` instead of the whole context (20 messages by default), and
-the cached messages fill the rest. On a busy chat that is a message pair or two instead of twenty, for
-Redis to send and for the worker to parse and decode.
+ContextInReply: the reserve script prices the context and returns its entries. For clients without
+the multiplexer (a Redis Cluster, the embedded fakeredis), where reading them apart would cost a round
+trip of its own.
 
-The reserve script returns the stream's length and newest id, which check every merge: the new entries
-must be exactly what the stream grew by, and end at its newest entry. A cache that fails the check (a
-stream recreated after a data loss, say) is dropped and the context read again, anchored at that newest
-id, so the result is always what a whole read in the transaction would have given. A worker's cache
-holds no state that matters: losing it costs one whole read.
+CachedContext: each worker keeps its chats' newest messages (ContextCache) and reads only the new ones,
+natively, in the script's transaction on the multiplexer (ledger/multiplex.py): one round trip still,
+and a stream reply costs Redis far less as a plain read than turned into Lua tables by a script. The
+history is append-only, so a worker that read a chat's newest messages once needs only the ones added
+since. The script returns the stream's length and newest id, which check every merge: the new entries
+must be exactly what the stream grew by and end at its newest entry. A cache that fails the check (a
+stream recreated after a data loss, say) is dropped and the context read again, anchored at that
+newest id, so the result is always what a whole read in the transaction would have given. The cache
+holds nothing that matters: losing it costs one whole read.
 
-A worker's own settle adds its pair to the cache (settle.lua says where it appended), so the worker's
-next reserve of that chat finds the cache current and sends its own pricing of the context with the
-newest id it holds: reserve.lua uses that pricing only when the id is still the chat's newest and
-otherwise prices the chat itself, which costs Redis far more (a Lua loop over the token counts).
+A worker's own settle adds its pair to the cache (settle.lua says where it appended), so its next
+reserve of the chat finds the cache current and sends its own pricing of the context with the newest
+id it holds (ContextMode.PRICED_BY_CALLER); reserve.lua uses that pricing only when the id is still the
+chat's newest, and otherwise prices the chat itself. A chat that only this worker has written since it
+cached it is reserved with the script alone, no transaction, since its read would find nothing new.
+Should another worker have written meanwhile, the reply's length and newest id say so, and the worker
+reads what it lacks right after, anchored at that newest id (one round trip more); the chat is then
+taken to be shared, and its next SHARED_RESERVES reserves that find nothing new still use the
+transaction.
 
-A chat that only this worker has written since it cached it is reserved with the script alone, no
-transaction: its read would find nothing new, and MULTI, the read and EXEC cost the worker about an
-eighth of a message's ledger Python and Redis about 4% of a pair. Should another worker have written
-meanwhile, the reply's stream length and newest id say so, and the worker reads the entries it lacks
-right after (anchored at that newest id, so it gets exactly what the transaction would have; one round
-trip more). The chat is then taken to be shared between workers, and its next SHARED_RESERVES
-reserves that find nothing new again still use the transaction. Reading the new entries inside the
-script instead was measured and is much dearer: Redis turns a stream reply into nested Lua tables one
-`lua_settable` at a time, about 60k instructions more for one pair of entries than the native read's
-20k (issue 6).
-
-Bounded in chats and in characters of content; the least recently used chats go first.
+The cache is bounded in chats and in characters of content; the least recently used chats go first.
 """
 
 from __future__ import annotations
 
 import collections
+from typing import Protocol
 
-from ledger.history import decode_entry
+import msgspec
+
+from ledger.history import decode_entries, decode_entry
 from ledger.limits import CONTEXT_CACHE_CHARS_MAX, CONTEXT_CACHE_CHATS_MAX
-from ledger.multiplex import Command
+from ledger.multiplex import Command, Multiplexer
+from ledger.packing import pack_numbers
+from ledger.replies import Granted, Settled, decode_reserve
 from ledger.results import StoredMessage
+from ledger.scripts import ContextMode, Scripts
 
 # The id below every stream id: `(0-0` reads a whole stream.
 _BEFORE_ALL = "0-0"
@@ -47,6 +49,131 @@ _BEFORE_ALL = "0-0"
 # transaction before the chat is taken to be this worker's alone again. Two workers taking turns at
 # random on a chat find it written by the other every other reserve, so the count rarely runs out.
 SHARED_RESERVES = 8
+
+
+class ReserveCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One reserve's script call, all but how it gets the context, which its ContextSource adds."""
+
+    chat_id: str
+    # reserve.lua's KEYS; keys[1] is the chat's messages stream.
+    keys: list[str]
+    config_id: str
+    reservation_id: str
+    # ARGV[3]'s numbers up to record_ttl_ms; the source adds its pricing (known_tokens, known_count).
+    numbers: tuple[int, ...]
+    # The request's fingerprint, with an Idempotency-Key only.
+    fingerprint: tuple[str, ...] = ()
+    count_max: int
+    tokens_max: int
+
+    def args(
+        self, mode: ContextMode, known_id: str = "", known_tokens: int = 0, known_count: int = 0
+    ) -> list[str | bytes]:
+        numbers = pack_numbers(*self.numbers, known_tokens, known_count)
+        return [self.config_id, self.reservation_id, numbers, mode, known_id, *self.fingerprint]
+
+
+class ContextSource(Protocol):
+    """How a reserve gets its context, and what a settle tells it."""
+
+    async def reserve(self, call: ReserveCall) -> tuple[Granted, list[StoredMessage]]:
+        """Send the reserve; its grant, and the context: the newest messages that fit the budget,
+        newest first. A refusal raises its LedgerError (ledger/replies.py)."""
+        ...
+
+    def settled(self, chat_id: str, pair: list[StoredMessage], settled: Settled) -> None:
+        """This worker settled `pair` (the reply, then the user message) on the chat."""
+        ...
+
+
+def context_source(scripts: Scripts) -> ContextSource:
+    """The per-worker cache where the client has a multiplexer, whose transaction reads the new entries
+    in the reserve's own round trip; the script's reply otherwise."""
+    if scripts.multiplexer is not None:
+        return CachedContext(scripts, scripts.multiplexer)
+    return ContextInReply(scripts)
+
+
+class ContextInReply:
+    """The script prices the context and returns its entries (ContextMode.IN_REPLY)."""
+
+    def __init__(self, scripts: Scripts) -> None:
+        self._scripts = scripts
+
+    async def reserve(self, call: ReserveCall) -> tuple[Granted, list[StoredMessage]]:
+        reply = await self._scripts.call("reserve", keys=call.keys, args=call.args(ContextMode.IN_REPLY))
+        granted = decode_reserve(reply)
+        return granted, decode_entries(granted.entries)
+
+    def settled(self, chat_id: str, pair: list[StoredMessage], settled: Settled) -> None:
+        """Nothing is kept: every reserve gets its context from the script."""
+
+
+class CachedContext:
+    """The chats' newest messages kept by this worker; only the new ones are read, by the worker."""
+
+    def __init__(self, scripts: Scripts, multiplexer: Multiplexer, cache: ContextCache | None = None) -> None:
+        self._scripts = scripts
+        self._multiplexer = multiplexer
+        self.cache = cache or ContextCache()
+
+    async def reserve(self, call: ReserveCall) -> tuple[Granted, list[StoredMessage]]:
+        if call.count_max == 0:
+            args = call.args(ContextMode.READ_BY_CALLER)
+            return decode_reserve(await self._scripts.call("reserve", keys=call.keys, args=args)), []
+        plan = self.cache.plan(call.chat_id, call.keys[1], call.count_max)
+        args = _priced_args(call, plan)
+        recent: list[list[object]] = []
+        if plan.alone:
+            # Only this worker wrote the chat since it cached it, so a read in the transaction would
+            # find nothing new: the script alone, and a read after it only if the reply shows a write.
+            granted = decode_reserve(await self._scripts.call("reserve", keys=call.keys, args=args))
+            catch_up = plan.catch_up(granted.length, granted.newest_id)
+            if catch_up is not None:
+                recent = await self._read(catch_up)
+        else:
+            reply, recent = await self._scripts.call_then_read(
+                "reserve", keys=call.keys, args=args, read=plan.command
+            )
+            granted = decode_reserve(reply)
+        length, newest_id = granted.length, granted.newest_id
+        newest = self.cache.merge(
+            call.chat_id, plan, recent, length=length, newest_id=newest_id, count=call.count_max
+        )
+        if newest is None:
+            newest = await self._read_again(call, granted)
+        return granted, newest[: granted.context_count]
+
+    def settled(self, chat_id: str, pair: list[StoredMessage], settled: Settled) -> None:
+        """The pair goes into the cache, so this worker's next reserve of the chat finds it current."""
+        self.cache.extend(
+            chat_id, pair, previous_id=settled.previous_id, newest_id=settled.reply_id, length=settled.length
+        )
+
+    async def _read_again(self, call: ReserveCall, granted: Granted) -> list[StoredMessage]:
+        """The newest messages when the cache and the read did not add up (a history recreated after a
+        data loss): read again, anchored at the newest id the reserve saw. The history is append-only,
+        so the result is the same as a whole read inside the transaction."""
+        again: list[list[object]] = []
+        if granted.length:
+            again = await self._read(
+                ("XREVRANGE", call.keys[1], granted.newest_id, "-", "COUNT", call.count_max)
+            )
+        return self.cache.remember(call.chat_id, again, length=granted.length, count=call.count_max)
+
+    async def _read(self, command: Command) -> list[list[object]]:
+        # Should this read fail, the hold just made stays until its deadline: no caller got it to void.
+        entries: list[list[object]] = await self._multiplexer.execute(*command)
+        return entries
+
+
+def _priced_args(call: ReserveCall, plan: ContextPlan) -> list[str | bytes]:
+    """The reserve's arguments: with the cached messages' own pricing when the cache has the chat."""
+    base = plan.base
+    if base is None:
+        return call.args(ContextMode.READ_BY_CALLER)
+    tokens, count = base.price(call.count_max, call.tokens_max)
+    return call.args(ContextMode.PRICED_BY_CALLER, base.newest_id, tokens, count)
 
 
 class _Cached:
@@ -121,6 +248,8 @@ class ContextPlan:
 
 
 class ContextCache:
+    """Chat id -> its newest messages, least recently used first out."""
+
     def __init__(self, chats_max: int = CONTEXT_CACHE_CHATS_MAX, chars_max: int = CONTEXT_CACHE_CHARS_MAX):
         self._chats: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self._chats_max = chats_max
@@ -204,8 +333,8 @@ class ContextCache:
         if cached.newest_id != (previous_id or _BEFORE_ALL):
             return
         combined = pair + cached.messages
-        # Never more than the window: a whole short chat grows into one and then keeps its size.
-        # (Keeping a whole chat whole made every settle copy its entire history, issue 6.)
+        # Never more than the window: a whole short chat grows into one and then keeps its size, so a
+        # settle never copies a chat's whole history.
         kept = min(len(combined), cached.window)
         messages = combined[:kept]
         chars = cached.chars + _chars(pair) - _chars(combined[kept:])

@@ -1,8 +1,7 @@
 """The ledger's exceptions: business outcomes the service maps to statuses, and Redis failures.
 
-Every `redis.RedisError` becomes `LedgerUnavailable` through `store_failure`: in `wrap_redis_errors`
-around the ledger's methods, and in `Scripts` itself for the two scripts of every message (one coroutine
-frame less per call, issue 6). So `service/` never imports a Redis exception.
+Every `redis.RedisError` becomes `LedgerUnavailable` in `wrap_redis_errors`, which wraps every public
+method of Ledger and TenantStore and nothing else, so `service/` never imports a Redis exception.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from typing import ParamSpec, TypeVar
 
 import redis.exceptions
 
+from ledger.limits import AMOUNT_MILLI_MAX
 from ledger.results import StoredMessage
 
 P = ParamSpec("P")
@@ -53,7 +53,7 @@ class InvalidAmount(LedgerError, ValueError):
 class LimitTooLarge(LedgerError):
     code = "token_limit_too_large"
 
-    def __init__(self, max_milli: int) -> None:
+    def __init__(self, max_milli: int = AMOUNT_MILLI_MAX) -> None:
         self.max_milli = max_milli
         super().__init__("The token limit would exceed the maximum a chat may hold.")
 
@@ -107,21 +107,15 @@ class LedgerUnavailable(LedgerError):
     code = "store_unavailable"
 
 
-def store_failure(exc: redis.exceptions.RedisError) -> LedgerUnavailable:
-    """The LedgerUnavailable a Redis failure becomes; raise it `from exc`, keeping the cause for the
-    logs."""
-    return LedgerUnavailable(f"The token store failed: {type(exc).__name__}.")
-
-
 def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Turn a Redis failure inside `fn` into LedgerUnavailable."""
+    """Turn a Redis failure inside `fn` into LedgerUnavailable, keeping the cause for the logs."""
 
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
         except redis.exceptions.RedisError as exc:
-            raise store_failure(exc) from exc
+            raise LedgerUnavailable(f"The token store failed: {type(exc).__name__}.") from exc
 
     return wrapper
 

@@ -40,8 +40,8 @@ class HistoryQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 def format_message_id(entry_id: str) -> str:
     ms, seq = entry_id.split("-")
-    # String padding rather than int() and back, a few times cheaper (issue 6); leading zeros of an
-    # already padded id are dropped first, so any spelling of an id formats the same.
+    # Padded as strings, cheaper than int() and back; leading zeros of an already padded id are
+    # dropped first, so any spelling of an id formats the same.
     return f"{ms.lstrip('0').zfill(16)}-{seq.lstrip('0').zfill(6)}"
 
 
@@ -56,9 +56,8 @@ def parse_message_id(message_id: str) -> str | None:
 def decode_entry(entry: list[object]) -> StoredMessage:
     """A StoredMessage from a stream entry as the scripts return it: `[id, [field, value, ...]]`.
 
-    Hot: a reserve decodes its whole context (20 entries by default) for every message (issue 6), so
-    the layout settle.lua writes (u, c, t, m, f in that order) is read by position; any other order
-    goes through a dict."""
+    Hot (a reserve that reads its whole context decodes every entry of it), so the layout settle.lua
+    writes (u, c, t, m, f in that order) is read by position; any other order goes through a dict."""
     entry_id = str(entry[0])
     raw = entry[1]
     assert isinstance(raw, list), "a stream entry's fields are a flat list"

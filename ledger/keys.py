@@ -81,8 +81,8 @@ class Keyspace:
 
     def chat_keys(self, chat_id: str) -> list[str]:
         """The keys of the exchange scripts (reserve, settle, void), in their KEYS order: a new list
-        the caller may extend. Remembered per chat (a message's reserve and settle both need them,
-        issue 6); forgotten all at once when too many chats were seen, which only costs a rebuild."""
+        the caller may extend. Remembered per chat, since a message's reserve and settle both need them;
+        forgotten all at once when too many chats were seen, which only costs a rebuild."""
         keys = self._exchange_keys.get(chat_id)
         if keys is None:
             if len(self._exchange_keys) >= _EXCHANGE_KEYS_CACHED_MAX:

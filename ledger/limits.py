@@ -22,9 +22,9 @@ REAP_BATCH_MAX = 256
 # Entries skipped per XRANGE call when history.lua walks to an offset: bounds the Lua memory of a deep page.
 HISTORY_SKIP_CHUNK = 500
 
-# Token counts of a chat's newest messages kept packed by settle (Keyspace.chat_context_tokens), so
-# a reserve prices the context without reading the messages into Lua (issue 6). A context of more
-# messages than this (CHATLEDGER_HISTORY_MESSAGES) is priced from the stream itself, more slowly.
+# Token counts of a chat's newest messages kept packed by settle (Keyspace.chat_context_tokens), so a
+# reserve prices the context without reading the messages into Lua. A context of more messages than
+# this (CHATLEDGER_HISTORY_MESSAGES) is priced from the stream itself, more slowly.
 CONTEXT_TOKENS_KEPT = 128
 # The counts may grow this far past CONTEXT_TOKENS_KEPT before settle trims it back, so a message does
 # not pay for a trim every time.

@@ -97,13 +97,18 @@ class Reservation(msgspec.Struct, kw_only=True, frozen=True):
 
 class Settlement(msgspec.Struct, kw_only=True, frozen=True):
     charged_milli: int
-    # What the actual cost exceeded the hold by (clamped): recorded, never charged.
-    shortfall_milli: int
+    # What the actual cost exceeded the hold by: recorded, never charged.
+    clamped_milli: int
     user_message: StoredMessage
     ai_message: StoredMessage
     limit_milli: int
     used_milli: int
     reserved_milli: int
+
+    @property
+    def shortfall_milli(self) -> int:
+        """The old name of `clamped_milli`, until service/ reads the new one."""
+        return self.clamped_milli
 
 
 class IssuedKey(msgspec.Struct, kw_only=True, frozen=True):
@@ -131,8 +136,14 @@ class JournalEntry(msgspec.Struct, kw_only=True, frozen=True):
     used_delta_milli: int
     reserved_delta_milli: int
     limit_delta_milli: int
-    shortfall_milli: int
+    # What a settle's cost exceeded its hold by (recorded, not charged); 0 for every other move.
+    clamped_milli: int
     timestamp_ms: int
+
+    @property
+    def shortfall_milli(self) -> int:
+        """The old name of `clamped_milli`, until service/ reads the new one."""
+        return self.clamped_milli
 
 
 class Reconciliation(msgspec.Struct, kw_only=True, frozen=True):
@@ -144,7 +155,12 @@ class Reconciliation(msgspec.Struct, kw_only=True, frozen=True):
     reserved_sum_milli: int
     limit_sum_milli: int
     expired: int
-    shortfall_milli: int
+    clamped_milli: int
+
+    @property
+    def shortfall_milli(self) -> int:
+        """The old name of `clamped_milli`, until service/ reads the new one."""
+        return self.clamped_milli
 
     @property
     def ok(self) -> bool:

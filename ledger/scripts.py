@@ -1,22 +1,22 @@
 """Loads ledger/lua/*.lua once, registers each with the Redis client, and calls them by SHA.
 
 One name runs from file to method: `reserve.lua` -> `Scripts.reserve` -> `Ledger.reserve()`. Redis
-scripts cannot include each other, so the shared `_prelude.lua` (and the bounds from limits.py it needs)
-is prepended to each script here; the SHA is of the whole text.
+scripts cannot include each other, so the shared `_prelude.lua` is prepended to each script here, after
+the constants it shares with Python (the bounds from limits.py and the values of ContextMode), so each
+has one source; the SHA is of the whole text. Replies are decoded by ledger/replies.py.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import Any
 
-import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from ledger.connection import RedisClient, multiplexer_of
-from ledger.errors import store_failure
 from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK, HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
 from ledger.multiplex import Command
 
@@ -33,6 +33,19 @@ SCRIPT_NAMES = (
 )
 
 
+class ContextMode(enum.StrEnum):
+    """How a reserve gets its context: reserve.lua's ARGV[4], known to the Lua as CONTEXT_<NAME>."""
+
+    # The reply carries the context's entries: for a client that cannot read them in the script's
+    # transaction at no extra round trip (a Redis Cluster, the embedded fakeredis).
+    IN_REPLY = "in_reply"
+    # The reply says how many of the newest entries the context is; the caller reads them itself.
+    READ_BY_CALLER = "read_by_caller"
+    # As READ_BY_CALLER, and the caller priced the messages it holds up to the id it sends: the
+    # script takes that pricing when that id is still the chat's newest, and prices the chat otherwise.
+    PRICED_BY_CALLER = "priced_by_caller"
+
+
 def _read(name: str) -> str:
     return files("ledger").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
 
@@ -43,7 +56,7 @@ def script_source(name: str) -> str:
         f"local REAP_BATCH_MAX = {REAP_BATCH_MAX}\nlocal HISTORY_SKIP_CHUNK = {HISTORY_SKIP_CHUNK}\n"
         f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
         f"local CONTEXT_TOKENS_SLACK = {CONTEXT_TOKENS_SLACK}\n"
-    )
+    ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)
 
 
@@ -75,16 +88,14 @@ class Scripts:
     ) -> Any:
         """Run script `name` and report its latency to `observe` (the service's metrics), if set.
 
-        The reply is whatever the script returns: nested lists of str and int, decoded by the caller.
-        A Redis failure raises LedgerUnavailable."""
+        The reply is whatever the script returns: nested lists of str and int, for ledger/replies.py
+        to decode. A Redis failure raises redis-py's exception, which the Ledger's methods wrap."""
         script: AsyncScript = getattr(self, name)
         started = time.perf_counter()
         try:
             if self.multiplexer is not None:
                 return await self.multiplexer.evalsha(script.sha, _SOURCES[name], keys, args)
             return await script(keys=list(keys), args=list(args))
-        except redis.exceptions.RedisError as exc:
-            raise store_failure(exc) from exc
         finally:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - started)
@@ -94,15 +105,13 @@ class Scripts:
     ) -> tuple[Any, Any]:
         """Run script `name`, then the read-only command `read`, in one transaction on the client's
         multiplexer (`multiplexer` must be set): one round trip, and the read sees the state the
-        script left. Redis answers the read natively, which is much cheaper than a script reading the
-        same data into Lua and returning it (issue 6: the reserve's context)."""
+        script left. Redis answers the read natively, which is cheaper than a script reading the same
+        data into Lua tables and returning it."""
         assert self.multiplexer is not None, "call_then_read needs a multiplexed client"
         script: AsyncScript = getattr(self, name)
         started = time.perf_counter()
         try:
             return await self.multiplexer.evalsha_then(script.sha, _SOURCES[name], keys, args, read)
-        except redis.exceptions.RedisError as exc:
-            raise store_failure(exc) from exc
         finally:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - started)

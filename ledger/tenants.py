@@ -19,6 +19,7 @@ import msgspec
 from ledger.connection import RedisClient
 from ledger.errors import ConfigNotFound, wrap_redis_errors
 from ledger.keys import Keyspace
+from ledger.replies import decode_rate_limit
 from ledger.results import ConfigRecord, IssuedKey, KeyInfo
 from ledger.scripts import Scripts
 
@@ -148,11 +149,13 @@ class TenantStore:
         """Count one request of the key with this digest; None when allowed, else the seconds to wait.
         Atomic in Redis (one GCRA script on the key's own slot), so the limit holds across workers."""
         interval_us = max(1, round(1_000_000 / per_s))
-        allowed, retry_after_ms = await self.scripts.call(
+        reply = await self.scripts.call(
             "rate_limit", keys=[self.keys.api_key_rate(digest)], args=[interval_us, max(1, burst)]
         )
-        return None if allowed else int(retry_after_ms) / 1000
+        metered = decode_rate_limit(reply)
+        return None if metered.allowed else metered.retry_after_ms / 1000
 
+    @wrap_redis_errors
     async def revoke_key_value(self, api_key: str) -> bool:
         """Revoke a key given its plain value (what a user holding a leaked key can name)."""
         config_id = await self.resolve_key(api_key)

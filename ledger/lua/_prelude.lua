@@ -1,10 +1,11 @@
 -- Shared helpers, prepended to every script by ledger/scripts.py (Redis scripts cannot include each
--- other). scripts.py also prepends the constants REAP_BATCH_MAX and HISTORY_SKIP_CHUNK from
--- ledger/limits.py, so each bound has one source. Only definitions here: nothing runs at load.
+-- other). scripts.py also prepends the constants shared with Python (REAP_BATCH_MAX and the other
+-- bounds of ledger/limits.py, the CONTEXT_* modes), so each has one source. Only definitions here:
+-- nothing runs at load.
 
 -- Milliseconds on the Redis server's clock. Deadlines use this clock only, so workers whose clocks
 -- disagree still agree on when a reservation expires (design.md section 4).
--- Arithmetic converts the digits itself: tonumber() would parse each string twice (issue 6).
+-- Arithmetic converts the digits itself: tonumber() would parse each string twice.
 local function now_ms()
   local t = redis.call('TIME')
   return t[1] * 1000 + math.floor(t[2] / 1000)
@@ -12,9 +13,8 @@ end
 
 -- Amounts stay below 2^53 (ledger/limits.py), so Lua doubles hold them exactly, and '%d' (a C long
 -- here) writes them without an exponent, which Redis's own number-to-argument conversion ('%.17g')
--- does not promise. '%d' rather than '%.0f': glibc formats a double with multi-precision arithmetic,
--- several times slower, and a message formats a dozen amounts (issue 6). Zero, the commonest
--- journal delta, is not formatted at all.
+-- does not promise. '%d' rather than '%.0f', which glibc formats with multi-precision arithmetic.
+-- Zero, the commonest journal delta, is not formatted at all.
 local function int(n)
   if n == 0 then
     return '0'
@@ -28,9 +28,8 @@ end
 local SETTLED, VOIDED, EXPIRED = 's', 'v', 'e'
 
 -- A chat's newest token counts are kept packed in one string, 4 bytes (big-endian) a message, oldest
--- first: settle appends with APPEND, reserve reads the newest with one GETRANGE, and string.byte
--- reads a count without tonumber's strtod (issue 6). A message's count stays far below 2^32: the
--- request body is at most 1 MB.
+-- first: settle appends with APPEND, reserve reads the newest with one GETRANGE, and reading a count
+-- back needs no tonumber. A message's count stays far below 2^32: the request body is at most 1 MB.
 local function pack_count(n)
   return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
     math.floor(n / 256) % 256, n % 256)
@@ -41,9 +40,8 @@ local function unpack_count(packed, at)
   return ((b1 * 256 + b2) * 256 + b3) * 256 + b4
 end
 
--- Every count of a packed string, newest first. struct (on a real Redis) reads them in one call,
--- about a quarter of the instructions of reading each with unpack_count (issue 6: the reserve of a
--- worker whose cache is behind prices the context from these).
+-- Every count of a packed string, newest first. struct (on a real Redis) reads them all in one call
+-- rather than a call per count.
 local function unpack_counts_newest_first(packed)
   local n = #packed / 4
   local newest = {}
@@ -61,10 +59,9 @@ local function unpack_counts_newest_first(packed)
 end
 
 -- The numeric arguments of reserve and settle come packed in one argument, 8 bytes each, big-endian
--- unsigned (ledger/packing.py): one argument instead of a dozen, and no digits to parse.
--- Redis's Lua parses a digit string with strtod, twice in tonumber(), which made the arguments of a
--- reserve cost Redis more than its writes (issue 6). `format` is struct's ('>I8I8...', one I8 per
--- number); the embedded Redis (fakeredis) has no struct library, and reads the bytes itself.
+-- unsigned (ledger/packing.py): one argument instead of a dozen, and no digits for strtod to parse
+-- (twice in tonumber()). `format` is struct's ('>I8I8...', one I8 per number); the embedded Redis
+-- (fakeredis) has no struct library, and reads the bytes itself.
 local function unpack_numbers(format, packed)
   if struct then
     return struct.unpack(format, packed)
@@ -91,7 +88,7 @@ local function load_chat(meta_key)
   if not m[1] then
     return nil
   end
-  -- `+ 0` rather than tonumber(), which parses the digits twice (issue 6); the three balances are
+  -- `+ 0` rather than tonumber(), which parses the digits twice; the three balances are
   -- written with the chat, `ctxlen` and `due` may be missing (false) in a chat older than them.
   return {
     config = m[1],
@@ -132,7 +129,7 @@ end
 -- resolved reservations past retention. Bounded per call; what is left is reaped by the next call.
 -- Subtracts the released amount from chat.reserved and writes it back, so callers see true figures;
 -- each reclaimed hold gets an 'expire' journal entry. Before the chat's `due` nothing can be due, and
--- the deadlines set is not read at all: most calls skip it (issue 6). A reserve lowers `due` to its
+-- the deadlines set is not read at all: most calls skip it. A reserve lowers `due` to its
 -- hold's deadline; a pass here sets it to the earliest score left. Settling or voiding a hold only
 -- raises its score, so `due` stays at most the earliest score (early, at worst: one empty pass).
 local function reap(meta_key, deadlines_key, reservations_key, journal_key, chat, now, retention_ms)

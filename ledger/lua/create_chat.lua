@@ -7,7 +7,7 @@
 -- before this script, design.md section 3), so listing order and created_at always agree.
 -- With an Idempotency-Key the chat id is derived from (config, key) (ledger/idempotency.py), so this
 -- script's EXISTS check is the key's record: the same request again finds its chat.
--- Reply: {'ok'}; {'replay', field, value, ...} (the chat this key created; the meta hash);
+-- Reply: {'ok'}; {'replay', {field, value, ...}} (the chat this key created; its meta hash now);
 --        {'key_reused'} (the key created a chat from another request).
 -- An existing chat without a fingerprint is a programmer error (random ids do not collide).
 local meta, journal_key = KEYS[1], KEYS[2]
@@ -25,12 +25,10 @@ if redis.call('EXISTS', meta) == 1 then
   if redis.call('HGET', meta, 'fingerprint') ~= fingerprint then
     return {'key_reused'}
   end
-  local reply = redis.call('HGETALL', meta)
-  table.insert(reply, 1, 'replay')
-  return reply
+  return {'replay', redis.call('HGETALL', meta)}
 end
 -- The fields every message reads (load_chat) come first: a small hash is one listpack that Redis
--- searches from its start, field by field (issue 6).
+-- searches from its start, field by field.
 redis.call('HSET', meta,
   'config', config_id, 'limit', limit_milli, 'used', '0', 'reserved', '0', 'deleted', '0',
   -- The token counts (none) are in step with the stream (empty): settle keeps them from the first message,

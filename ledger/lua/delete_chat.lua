@@ -2,7 +2,7 @@
 -- KEYS[1] meta hash
 -- ARGV[1] caller's config id
 -- Clock: Redis TIME for deleted_at.
--- Reply: {'ok', field, value, ...} (the meta hash after the change); {'not_found'}; {'deleted'}.
+-- Reply: {'ok', {field, value, ...}} (the meta hash after the change); {'not_found'}; {'deleted'}.
 -- Open holds are left alone: their settle finds the flag, voids them and writes nothing.
 local meta = KEYS[1]
 local config_id = ARGV[1]
@@ -12,6 +12,4 @@ if not chat then
   return {status}
 end
 redis.call('HSET', meta, 'deleted', '1', 'deleted_at', int(now_ms()))
-local reply = redis.call('HGETALL', meta)
-table.insert(reply, 1, 'ok')
-return reply
+return {'ok', redis.call('HGETALL', meta)}

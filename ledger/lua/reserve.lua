@@ -8,34 +8,34 @@
 --   prompt_weight_milli: price of one history token; completion_weight_milli: price of one reply
 --   token; completion_tokens_max: most reply tokens wanted; history_tokens_max: the context budget for
 --   history, in tokens; history_count_max: most history messages to consider; ttl_ms: the hold's
---   deadline from now; retention_ms of resolved records; known_tokens and known_count (see ARGV[4]);
---   record_ttl_ms: the idempotency record's lifetime (with KEYS[7])
--- ARGV[4] how the caller gets the context (issue 6): '1' the reply carries the context entries;
---          '0' the reply carries their count only, the caller reading them in the same transaction
---          (XREVRANGE after this script in MULTI/EXEC); '2' as '0', and the caller holds the chat's
---          messages up to ARGV[5] and priced their context at known_tokens tokens in known_count
---          messages: when ARGV[5] is still the newest message that pricing is used as it is (pricing
---          20 counts in Lua costs Redis more than the rest of the script), else the chat is priced
---          here. With '2' the caller may also send this script alone and read the entries it lacks
---          afterwards, anchored at the newest id of the reply (ledger/context.py)
--- ARGV[5] the caller's newest message id ('' unless ARGV[4] is '2')
+--   deadline from now; retention_ms of resolved records; record_ttl_ms: the idempotency record's
+--   lifetime (with KEYS[7]); known_tokens and known_count (see ARGV[4])
+-- ARGV[4] how the caller gets the context (ContextMode in ledger/scripts.py):
+--   CONTEXT_IN_REPLY: the reply's last element carries the context's entries;
+--   CONTEXT_READ_BY_CALLER: that element is empty, the caller reads the entries itself (ledger/context.py);
+--   CONTEXT_PRICED_BY_CALLER: as READ_BY_CALLER, and the caller holds the chat's messages up to ARGV[5]
+--     and priced their context at known_tokens tokens in known_count messages: used as it is when
+--     ARGV[5] is still the newest message, since pricing the counts in Lua is the dearest part of this
+--     script; else the chat is priced here.
+-- ARGV[5] the caller's newest message id ('' unless ARGV[4] is CONTEXT_PRICED_BY_CALLER)
 -- ARGV[6] the request's fingerprint (only with KEYS[7])
 -- Clock: Redis TIME only.
--- Reply: {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context}
---        where context is a list of stream entries {id, {field, value, ...}}, newest first, or (ARGV[4]
---        '0' or '2') how many of the newest entries it is, followed by the stream's length and newest
---        id ('' when empty), which let the caller check what it read (ledger/context.py). Amounts are
---        integers.
---        {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
---        {'deleted'}; {'replay', entry} (the key's exchange completed: its saved reply);
---        {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
+-- Reply, one shape whatever ARGV[4]:
+--   {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context_count, length,
+--    newest_id, entries}: the context is the newest context_count messages of a stream of `length`
+--    whose newest id is newest_id ('' when empty), which let the caller check what it read; entries
+--    are those messages as stream entries {id, {field, value, ...}}, newest first, with
+--    CONTEXT_IN_REPLY, else {}. Amounts are integers.
+--   {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
+--   {'deleted'}; {'replay', entry} (the key's exchange completed: its saved reply);
+--   {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local context_key = KEYS[6]
 local record_key = KEYS[7]
 local config_id = ARGV[1]
 local reservation_id = ARGV[2]
 local prompt_milli, prompt_weight_milli, completion_weight_milli, completion_tokens_max,
-  history_tokens_max, history_count_max, ttl_ms, retention_ms, known_tokens, known_count, record_ttl_ms =
+  history_tokens_max, history_count_max, ttl_ms, retention_ms, record_ttl_ms, known_tokens, known_count =
   unpack_numbers('>I8I8I8I8I8I8I8I8I8I8I8', ARGV[3])
 local context_mode = ARGV[4]
 local known_id = ARGV[5]
@@ -81,7 +81,7 @@ end
 
 -- The token counts of the newest `n` messages, newest first. They come from the packed counts
 -- (pack_count in the prelude), which settle keeps in step with the stream, so no message is read into
--- Lua and no count goes through tonumber (issue 6). Counts out of step or too few (a chat older than
+-- Lua and no count goes through tonumber. Counts out of step or too few (a chat older than
 -- them, or a message appended by a worker that did not keep them) are rebuilt here from the stream,
 -- once; a context longer than the counts kept is priced from the stream every time. Sets chat.last to
 -- the stream's newest id.
@@ -130,7 +130,7 @@ local length = 0
 local caller_current = false
 if history_count_max > 0 then
   length = redis.call('XLEN', msgs)
-  if context_mode == '2' and known_id == chat.last and chat.ctxlen == length then
+  if context_mode == CONTEXT_PRICED_BY_CALLER and known_id == chat.last and chat.ctxlen == length then
     history_tokens, context_count = known_tokens, known_count
     caller_current = context_count <= history_count_max and history_tokens <= history_tokens_max
   end
@@ -181,13 +181,10 @@ journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
 if record_key then
   redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', int(record_ttl_ms))
 end
--- Integers in the reply (Redis converts a Lua number to one exactly below 2^53): no formatting here.
-if context_mode == '1' then
-  local context = {}
-  if context_count > 0 then
-    context = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', context_count)
-  end
-  return {'ok', granted, prompt_total, completion_tokens, expired, context}
+local entries = {}
+if context_mode == CONTEXT_IN_REPLY and context_count > 0 then
+  entries = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', context_count)
 end
+-- Integers in the reply (Redis converts a Lua number to one exactly below 2^53): no formatting here.
 return {'ok', granted, prompt_total, completion_tokens, expired, context_count, length,
-  length > 0 and chat.last or ''}
+  length > 0 and chat.last or '', entries}

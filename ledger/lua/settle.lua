@@ -10,8 +10,7 @@
 -- ARGV[3] user message content   ARGV[4] its tokens
 -- ARGV[5] reply content          ARGV[6] its tokens
 -- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' when it clamps)
--- ARGV[8] the two token counts (ARGV[4], ARGV[6]) packed as pack_count packs them, to append as they are
--- ARGV[9] the request's fingerprint (only with KEYS[7])
+-- ARGV[8] the request's fingerprint (only with KEYS[7])
 -- Clock: Redis TIME only (stream ids and the retention).
 -- Reply: {'ok', charged_milli, clamped_milli, user_entry_id, reply_entry_id, limit, used, reserved,
 --        previous_id, length} where previous_id is the newest message before this pair ('' when the
@@ -26,8 +25,7 @@ local charge_milli, retention_ms, record_ttl_ms = unpack_numbers('>I8I8I8', ARGV
 local user_content, user_tokens = ARGV[3], ARGV[4]
 local reply_content, reply_tokens = ARGV[5], ARGV[6]
 local flags = ARGV[7]
-local packed_counts = ARGV[8]
-local fingerprint = ARGV[9]
+local fingerprint = ARGV[8]
 
 local chat, granted, now = open_reservation(meta, deadlines, reservations, journal_key, reservation_id,
   retention_ms)
@@ -72,7 +70,15 @@ local previous_id, length = '', 0
 if chat.ctxlen ~= nil then
   -- Oldest first: the user message, then the reply. Trimmed back to CONTEXT_TOKENS_KEPT counts once
   -- it holds CONTEXT_TOKENS_SLACK more, not on every message (one call less per message).
-  local bytes = redis.call('APPEND', context_key, packed_counts)
+  -- The counts come as digits, which the stream keeps; struct (on a real Redis) converts and packs
+  -- both in one call, and the embedded Redis (fakeredis) has no struct.
+  local counts
+  if struct then
+    counts = struct.pack('>I4I4', user_tokens, reply_tokens)
+  else
+    counts = pack_count(tonumber(user_tokens)) .. pack_count(tonumber(reply_tokens))
+  end
+  local bytes = redis.call('APPEND', context_key, counts)
   if bytes > 4 * (CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK) then
     redis.call('SET', context_key, redis.call('GETRANGE', context_key, -4 * CONTEXT_TOKENS_KEPT, -1))
   end

@@ -2,8 +2,8 @@
 -- KEYS[1] meta hash   KEYS[2] journal stream   KEYS[3] (optional) the Idempotency-Key's record
 -- ARGV[1] caller's config id   ARGV[2] milli-tokens to add (> 0)   ARGV[3] the most a limit may be
 -- ARGV[4] the request's fingerprint   ARGV[5] idempotency_ttl_ms (both only with KEYS[3])
--- Reply: {'ok', field, value, ...} (the whole meta hash after the change);
---        {'replay', limit, used, field, value, ...} (the key's top-up happened: the balance it
+-- Reply: {'ok', {field, value, ...}} (the whole meta hash after the change);
+--        {'replay', limit, used, {field, value, ...}} (the key's top-up happened: the balance it
 --        answered, then the meta hash now);
 --        {'not_found'}; {'deleted'}; {'limit_too_large'}; {'key_reused'}.
 local meta, journal_key, record_key = KEYS[1], KEYS[2], KEYS[3]
@@ -23,11 +23,7 @@ if record_key then
     return {'key_reused'}
   elseif state == 't' then
     local limit, used = string.match(detail, '^(%d+)|(%d+)$')
-    local reply = redis.call('HGETALL', meta)
-    table.insert(reply, 1, 'replay')
-    table.insert(reply, 2, limit)
-    table.insert(reply, 3, used)
-    return reply
+    return {'replay', limit + 0, used + 0, redis.call('HGETALL', meta)}
   end
 end
 if chat.deleted then
@@ -44,6 +40,4 @@ if record_key then
   redis.call('SET', record_key, 't|' .. fingerprint .. '|' .. int(chat.limit) .. '|' .. int(chat.used),
     'PX', record_ttl_ms)
 end
-local reply = redis.call('HGETALL', meta)
-table.insert(reply, 1, 'ok')
-return reply
+return {'ok', redis.call('HGETALL', meta)}

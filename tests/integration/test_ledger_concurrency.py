@@ -154,7 +154,7 @@ class TestConcurrentExchanges:
         assert state.used_milli <= state.limit_milli == limit_milli
         assert state.reserved_milli == 0
         assert sum(settlement.charged_milli for settlement in successes.values()) == state.used_milli
-        assert all(settlement.shortfall_milli == 0 for settlement in successes.values())
+        assert all(settlement.clamped_milli == 0 for settlement in successes.values())
 
         page = await worker_ledgers[2].read_history(
             config.config_id, chat.chat_id, HistoryQuery(limit=10_000)
@@ -391,7 +391,7 @@ class LedgerMachine(RuleBasedStateMachine):
         charged = min(charge, reservation.granted_milli)
         model.used += charged
         model.history_tokens += [1, reply_tokens]
-        assert (result.charged_milli, result.shortfall_milli) == (charged, charge - charged)
+        assert (result.charged_milli, result.clamped_milli) == (charged, charge - charged)
         assert result.ai_message.flags == flags + ("s" if charge > charged else "")
         assert (result.limit_milli, result.used_milli, result.reserved_milli) == (
             model.limit,

@@ -1,4 +1,4 @@
-"""The context list: reserve prices history from token counts settle keeps, never from stale ones (issue 6).
+"""The context list: reserve prices history from token counts settle keeps, never from stale ones.
 
 Each test states what a reserve must see; the list is only a faster way to see it, so a list that is
 missing (a chat made before it existed) or out of step (a message appended by a worker that did not keep

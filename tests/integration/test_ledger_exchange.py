@@ -220,7 +220,7 @@ class TestSettle:
         chat = await ledger.create_chat(config, 1_000_000)
         reservation = await reserve(ledger, config, chat.chat_id)
         settlement = await settle(ledger, reservation, charge_milli=34_567)
-        assert (settlement.charged_milli, settlement.shortfall_milli) == (34_567, 0)
+        assert (settlement.charged_milli, settlement.clamped_milli) == (34_567, 0)
         assert (settlement.limit_milli, settlement.used_milli, settlement.reserved_milli) == (
             1_000_000,
             34_567,
@@ -276,12 +276,12 @@ class TestSettle:
         reservation = await reserve(ledger, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
         assert reservation.granted_milli == 2_000
         settlement = await settle(ledger, reservation, charge_milli=50_000)
-        assert (settlement.charged_milli, settlement.shortfall_milli) == (2_000, 48_000)
+        assert (settlement.charged_milli, settlement.clamped_milli) == (2_000, 48_000)
         assert (settlement.used_milli, settlement.reserved_milli) == (2_000, 0)
         assert settlement.ai_message.flags == "s"
         assert await meta_field(redis_client, keyspace, chat.chat_id, "clamped") == 48_000
         journal = await ledger.read_journal(chat.chat_id)
-        assert (journal[-1].op, journal[-1].used_delta_milli, journal[-1].shortfall_milli) == (
+        assert (journal[-1].op, journal[-1].used_delta_milli, journal[-1].clamped_milli) == (
             "settle",
             2_000,
             48_000,
@@ -296,12 +296,13 @@ class TestSettle:
         keyspace: Keyspace,
         flags: str,
     ) -> None:
-        """A cost above what the chat has left is charged up to the limit; the shortfall is flagged 's'."""
+        """A cost above what the chat has left is charged its hold, here the whole limit; the excess is
+        recorded as clamped and flagged 's'."""
         chat = await ledger.create_chat(config, 20_000)
         reservation = await reserve(ledger, config, chat.chat_id, prompt_tokens=5, completion_tokens_max=100)
         assert reservation.granted_milli == 20_000
         settlement = await settle(ledger, reservation, charge_milli=25_500, flags=flags)
-        assert (settlement.charged_milli, settlement.shortfall_milli) == (20_000, 5_500)
+        assert (settlement.charged_milli, settlement.clamped_milli) == (20_000, 5_500)
         assert (settlement.used_milli, settlement.reserved_milli) == (20_000, 0)
         assert settlement.ai_message.flags == flags + "s"
         assert settlement.ai_message.charged_milli == 20_000
@@ -318,10 +319,10 @@ class TestSettle:
         second = await reserve(ledger, config, chat.chat_id, prompt_tokens=10, completion_tokens_max=20)
         assert first.granted_milli == second.granted_milli == 30_000
         settlement = await settle(ledger, first, charge_milli=500_000)
-        assert (settlement.charged_milli, settlement.shortfall_milli) == (30_000, 470_000)
+        assert (settlement.charged_milli, settlement.clamped_milli) == (30_000, 470_000)
         assert (settlement.used_milli, settlement.reserved_milli) == (30_000, 30_000)
         final = await settle(ledger, second, charge_milli=second.granted_milli)
-        assert (final.charged_milli, final.shortfall_milli) == (30_000, 0)
+        assert (final.charged_milli, final.clamped_milli) == (30_000, 0)
         assert (final.used_milli, final.reserved_milli) == (60_000, 0)
 
     async def test_zero_charge(self, ledger: Ledger, config: ConfigRecord) -> None:

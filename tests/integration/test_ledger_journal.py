@@ -15,7 +15,7 @@ class TestJournal:
     async def test_every_move_is_journaled_and_reconciles(
         self, redis_client: Redis, keyspace: Keyspace, config: ConfigRecord
     ) -> None:
-        """create, reserve, settle (with a shortfall), void, expire and top_up each leave one entry,
+        """create, reserve, settle (clamped at its hold), void, expire and top_up each leave one entry,
         and the entries' deltas add up to used, reserved and limit."""
         ledger = Ledger(redis_client, keyspace, LedgerLimits(reservation_ttl_ms=40))
         await ledger.start()
@@ -34,14 +34,14 @@ class TestJournal:
             "reserve", "top_up", "expire", "reserve", "settle",
         ]  # fmt: skip
         assert entries[2].used_delta_milli == settled.charged_milli == 8_000
-        assert entries[-1].shortfall_milli > 0
+        assert entries[-1].clamped_milli > 0
         result = await ledger.reconcile(chat.chat_id)
         assert result.ok
         assert result.entries == len(entries)
         assert result.expired == 1
         assert result.chat.used_milli == result.used_sum_milli == 8_000 + greedy.granted_milli
-        assert entries[-1].shortfall_milli == 500_000 - greedy.granted_milli
-        assert result.shortfall_milli == entries[-1].shortfall_milli
+        assert entries[-1].clamped_milli == 500_000 - greedy.granted_milli
+        assert result.clamped_milli == entries[-1].clamped_milli
 
     async def test_refusals_write_nothing(self, ledger: Ledger, config: ConfigRecord) -> None:
         """A 402 and a message to a deleted chat leave the journal as it was."""
