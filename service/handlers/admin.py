@@ -1,4 +1,4 @@
-"""The admin API under /admin/ (issue 7): configs, API keys, and any chat, behind a bearer token.
+"""The admin API under /admin/: configs, API keys, and any chat, behind a bearer token.
 
 With no CHATLEDGER_ADMIN_TOKEN the whole surface answers 404, as if it did not exist. The token is
 compared in constant time. Admin routes see every config's chats, deleted ones included.
@@ -18,6 +18,7 @@ from service.admin_schemas import (
     AdminConfig,
     AdminConfigList,
     ConfigCreate,
+    ConfigFields,
     ConfigPatch,
     Done,
     IssuedKeyOut,
@@ -34,9 +35,10 @@ from service.admin_schemas import (
 from service.appkeys import LEDGER, SETTINGS, TENANTS
 from service.errors import ApiError
 from service.handlers.common import json_response
+from service.handlers.messages import history_page
 from service.openapi import Doc, documented
 from service.requests import decode_body, decode_query, history_query, path_chat_id
-from service.schemas import HistoryPageQuery, MessageOut, Page, iso_utc, message_out
+from service.schemas import HistoryPageQuery, MessageOut, Page, iso_utc
 
 routes = web.RouteTableDef()
 
@@ -72,7 +74,7 @@ async def _config(request: web.Request) -> ledger.ConfigRecord:
     return config
 
 
-def _fields(body: ConfigCreate | ConfigPatch) -> dict[str, Any]:
+def _fields(body: ConfigFields) -> dict[str, Any]:
     try:
         return body.record_fields()
     except ledger.InvalidAmount as exc:
@@ -197,12 +199,7 @@ async def get_chat(request: web.Request) -> web.Response:
 async def chat_history(request: web.Request) -> web.Response:
     require_admin(request)
     chat_id = path_chat_id(request)
-    query = history_query(decode_query(request, HistoryPageQuery))
-    page = await request.app[LEDGER].read_history(None, chat_id, query)
-    items = [message_out(chat_id, m) for m in page.items]
-    return json_response(
-        Page[MessageOut](items=items, total=page.total, limit=query.limit, offset=query.offset)
-    )
+    return await history_page(request, None, chat_id, history_query(request))
 
 
 @routes.post("/admin/chats/{chat_id}/restore")
