@@ -16,6 +16,9 @@ from service.handlers import (
     widget_proxy,
 )
 
+# The handlers that send a message: what the test and demo delay (service/delay.py) holds.
+MESSAGE_SENDS = frozenset({messages.send_message, widget_proxy.send_message})
+
 
 def all_routes() -> list[web.RouteTableDef]:
     # messages before chats: `/chats/messages/` is literal, `/chats/{chat_id}` is not.
