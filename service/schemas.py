@@ -66,8 +66,8 @@ class AddTokensRequest(msgspec.Struct):
     ]
 
 
-# The largest offset: beyond it no list can reach, and Redis refuses ranges past 64 bits (found by
-# schemathesis: an offset of 2.4e30 was a 503, client input answered as a server failure).
+# The largest offset: beyond it no list can reach, and Redis refuses ranges past 64 bits, which would
+# answer client input as a server failure.
 OFFSET_MAX = 2**53 - 1
 _ONE_OF = "Use one of offset, after and before: together they are 422."
 

@@ -1,4 +1,4 @@
-"""The admin API (issue 7): bearer auth, configs, keys, any chat, restore, journal and reconciliation."""
+"""The admin API: bearer auth, configs, keys, any chat, restore, journal and reconciliation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rate limits, metrics, CORS, and how fast a revocation reaches every worker (issue 7)."""
+"""Rate limits, metrics, CORS, and how fast a revocation reaches every worker."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The chat widget's server side (issue 8) through aiohttp's test client: its files, its proxy routes,
+"""The chat widget's server side through aiohttp's test client: its files, its proxy routes,
 and what keeps the API key on the server. The browser itself is tested in tests/browser/.
 
 These run on fakeredis only: the widget adds no Redis work of its own (every route is an API path
