@@ -12,7 +12,7 @@ from typing import Annotated, Any, NamedTuple, cast, get_args, get_origin
 import msgspec
 
 import ledger
-from service.schemas import ChatOut, Timestamp, UuidStr, branding_of, chat_out, iso_utc
+from service.schemas import ChatOut, Timestamp, UuidStr, chat_out, iso_utc
 
 SHORT_CHARS_MAX = 256
 TEXT_CHARS_MAX = 16_000
@@ -213,18 +213,16 @@ class Done(msgspec.Struct):
     done: bool
 
 
+# AdminConfig's fields that the record holds under the same name and as they are shown.
+_AS_STORED = [name for name in AdminConfig.__struct_fields__ if name in ledger.ConfigRecord.__struct_fields__]
+
+
 def admin_config(config: ledger.ConfigRecord) -> AdminConfig:
+    """The record's fields, the weights as floats (1.0 = one token per token) and the dates as ISO."""
     return AdminConfig(
-        config_id=config.config_id,
-        **branding_of(config),
-        system_prompt=config.system_prompt,
-        model=config.model,
-        max_output_tokens=config.max_output_tokens,
-        temperature=config.temperature,
+        **{name: getattr(config, name) for name in _AS_STORED},
         prompt_token_weight=config.prompt_weight_milli / 1000,
         completion_token_weight=config.completion_weight_milli / 1000,
-        rate_limit_per_s=config.rate_limit_per_s,
-        rate_limit_burst=config.rate_limit_burst,
         created_at=iso_utc(config.created_ms),
         updated_at=iso_utc(config.updated_ms),
     )

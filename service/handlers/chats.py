@@ -16,13 +16,9 @@ routes = web.RouteTableDef()
 
 @routes.post("/chats/")
 @documented(
-    Doc(
-        summary="Create a chat with a token budget.",
-        body=CreateChatRequest,
-        response=ChatOut,
-        idempotent=True,
-    )
-)
+    Doc(summary="Create a chat with a token budget.", body=CreateChatRequest, response=ChatOut,
+        idempotent=True)
+)  # fmt: skip
 async def create_chat(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     body = decode_body(await request.read(), CREATE_CHAT_DECODER)
@@ -34,11 +30,7 @@ async def create_chat(request: web.Request) -> web.Response:
 
 @routes.get("/chats/by-config-id")
 @documented(
-    Doc(
-        summary="Page the caller's chats, oldest first.",
-        query=ChatListQuery,
-        response=Page[ChatOut],
-    )
+    Doc(summary="Page the caller's chats, oldest first.", query=ChatListQuery, response=Page[ChatOut])
 )
 async def list_chats(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
