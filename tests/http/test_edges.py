@@ -36,6 +36,9 @@ from tests.http.served import (
     until,
 )
 
+# One check over every route, header and framing: thorough rather than quick (not in `make test-fast`).
+pytestmark = pytest.mark.corpus
+
 ADMIN_TOKEN = "edges-admin-token-0123456"
 # Bytes no header may carry as they are: not UTF-8 at all, a broken UTF-8 sequence, and valid UTF-8
 # that latin-1 (what aiohttp writes headers in) cannot encode.

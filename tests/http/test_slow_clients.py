@@ -91,6 +91,7 @@ async def trickle(port: int, line_every_s: float, lines_max: int = 200) -> tuple
     return parse_response(bytes(received)), sent
 
 
+@pytest.mark.slow
 class TestSlowClients:
     async def test_a_trickled_head_gets_408(self, slow_live: Served) -> None:
         """A client sending one header line every tenth of the timeout is cut at the timeout: a 408
