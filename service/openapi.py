@@ -234,6 +234,10 @@ def _constrain_content(components: dict[str, Any], bodies: set[str], max_chars: 
             content.update(minLength=1, maxLength=max_chars, pattern=_VISIBLE_CHARACTER)
 
 
+# What msgspec.inspect describes a type with: a type's parts are these, a struct's fields the second.
+_INFO = (msgspec.inspect.Type, msgspec.inspect.Field)
+
+
 def _structs(types: Iterable[Any]) -> set[Any]:
     """The struct types among `types` and inside them (a Page's items, a list's elements)."""
     found: set[Any] = set()
@@ -251,9 +255,6 @@ def _structs(types: Iterable[Any]) -> set[Any]:
             value = getattr(info, name)
             pending += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, _INFO)]
     return found
-
-
-_INFO = (msgspec.inspect.Type, msgspec.inspect.Field)
 
 
 def _require_sent_fields(components: dict[str, Any], answers: set[Any]) -> None:
