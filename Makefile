@@ -39,9 +39,10 @@ dev: $(VENV)/.dev
 test: lint typecheck pytest
 
 # The quick loop, under a minute: the unit tests and every test on the fakeredis and redis-server
-# backends, but no browser, cluster, HAProxy, real processes or real timeouts (`slow`), nor the raw-HTTP
-# corpus over every route (`corpus`); `make test` runs them all. The directories that hold only those are
-# not even collected, and schemathesis's plugin (for the slow fuzzing test) is not loaded.
+# backends, but no browser, cluster or HAProxy, nothing that takes seconds by design (`slow`: real
+# processes, real timeouts, long property runs), nor the raw-HTTP corpus over every route (`corpus`);
+# `make test` runs them all. The directories that hold only those are not even collected, and
+# schemathesis's plugin (for the slow fuzzing test) is not loaded.
 FAST_MARKS := not cluster and not haproxy and not browser and not slow and not corpus
 FAST_DIRS := tests/unit tests/http tests/integration tests/providers tests/docs
 
