@@ -14,7 +14,7 @@ VENV_FLAGS :=
 PIP := $(BIN)/python -m pip install $(PIP_FLAGS)
 endif
 
-.PHONY: run dev test lint typecheck pytest clean
+.PHONY: run dev test test-fast lint typecheck pytest clean
 
 # What running needs, and nothing else, so a first `make run` is quick. The venv is brought up to date
 # when pyproject.toml changes (the console script is the stamp).
@@ -37,6 +37,17 @@ dev: $(VENV)/.dev
 
 # The whole suite: lint, types, then every test (a real redis-server is spawned by the fixtures).
 test: lint typecheck pytest
+
+# The quick loop, under a minute: the unit tests and every test on the fakeredis and redis-server
+# backends, but no browser, cluster or HAProxy, nothing that takes seconds by design (`slow`: real
+# processes, real timeouts, long property runs), nor the raw-HTTP corpus over every route (`corpus`);
+# `make test` runs them all. The directories that hold only those are not even collected, and
+# schemathesis's plugin (for the slow fuzzing test) is not loaded.
+FAST_MARKS := not cluster and not haproxy and not browser and not slow and not corpus
+FAST_DIRS := tests/unit tests/http tests/integration tests/providers tests/docs
+
+test-fast: $(VENV)/.dev
+	$(BIN)/pytest -p no:schemathesis -m "$(FAST_MARKS)" $(FAST_DIRS)
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -32,6 +32,7 @@ from ledger.keys import Keyspace, normalize_uuid
 from ledger.ledger import Ledger
 from ledger.limits import AMOUNT_TOKENS_MAX, LedgerLimits
 from ledger.results import (
+    Branding,
     ChatPage,
     ChatState,
     ConfigRecord,
@@ -48,6 +49,7 @@ from ledger.tenants import TenantStore
 
 __all__ = [
     "AMOUNT_TOKENS_MAX",
+    "Branding",
     "ChatDeleted",
     "ChatNotDeleted",
     "ChatNotFound",

@@ -3,26 +3,37 @@ the service turns them into the API's floats and ISO strings at the edge."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 from ledger.idempotency import IdempotencyKey
 
 
-class ConfigRecord(msgspec.Struct, kw_only=True, frozen=True):
-    """A chat configuration: the tenant. Branding fields are the API's Config object (api.md Part A);
-    the rest steers the model and the charge."""
+class Branding(msgspec.Struct, kw_only=True, frozen=True):
+    """How a config's chat UI looks: the API's Config object without its ids and dates (api.md Part A).
+    The defaults are what a new config starts with. The service's views of a config (public, admin,
+    widget), the admin API's input and the CLI's options are built from this struct, so a field added
+    here reaches all of them; each description is their help text."""
+
+    agent_name: Annotated[str, msgspec.Meta(description="name the assistant answers as")]
+    company_name: Annotated[str, msgspec.Meta(description="company the chat UI presents")]
+    primary_color: Annotated[str, msgspec.Meta(description="UI colour, e.g. #1A73E8")] = "#1A73E8"
+    header_text: Annotated[str, msgspec.Meta(description="text of the chat header")] = ""
+    logo_url: Annotated[str, msgspec.Meta(description="logo shown on the start page")] = ""
+    welcome_message: Annotated[
+        str, msgspec.Meta(description="first message the UI shows (not stored in history)")
+    ] = ""
+    chat_first_page_description: Annotated[str, msgspec.Meta(description="text on the start page")] = ""
+    is_full_width: Annotated[bool, msgspec.Meta(description="full-width chat layout")] = False
+    start_page_title: Annotated[str, msgspec.Meta(description="title of the start page")] = ""
+    start_page_slogan: Annotated[str, msgspec.Meta(description="slogan of the start page")] = ""
+
+
+class ConfigRecord(Branding, kw_only=True, frozen=True):
+    """A chat configuration: the tenant. Its branding, then what steers the model and the charge."""
 
     config_id: str
-    agent_name: str
-    company_name: str
-    primary_color: str = "#1A73E8"
-    header_text: str = ""
-    logo_url: str = ""
-    welcome_message: str = ""
-    chat_first_page_description: str = ""
-    is_full_width: bool = False
-    start_page_title: str = ""
-    start_page_slogan: str = ""
     created_ms: int = 0
     updated_ms: int = 0
     system_prompt: str = ""

@@ -6,16 +6,19 @@ ledger; `ledger.weight_milli` converts and refuses more than 3 decimals.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import operator
+from typing import Annotated, Any, NamedTuple, cast, get_args, get_origin
 
 import msgspec
 
 import ledger
-from service.schemas import ChatOut, Timestamp, UuidStr, chat_out, config_out, iso_utc
+from service.schemas import ChatOut, Timestamp, UuidStr, chat_out, iso_utc
 
-Short = Annotated[str, msgspec.Meta(max_length=256)]
-Text = Annotated[str, msgspec.Meta(max_length=16_000)]
-Url = Annotated[str, msgspec.Meta(max_length=2048)]
+SHORT_CHARS_MAX = 256
+TEXT_CHARS_MAX = 16_000
+URL_CHARS_MAX = 2048
+Short = Annotated[str, msgspec.Meta(max_length=SHORT_CHARS_MAX)]
+Text = Annotated[str, msgspec.Meta(max_length=TEXT_CHARS_MAX)]
 # Exact to 3 decimals (ledger.weight_milli), which the document states as a multiple of 0.001.
 Weight = Annotated[float, msgspec.Meta(ge=0, le=1000, extra_json_schema={"multipleOf": 0.001})]
 RatePerS = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
@@ -31,16 +34,9 @@ _WHOLE_FIELDS = ("max_output_tokens", "rate_limit_burst")
 
 
 class ConfigFields(msgspec.Struct, kw_only=True):
-    """Every field an operator may set; on PATCH, only the fields present are changed."""
+    """What an operator may set beyond the branding: the model and the charge. On PATCH only the fields
+    present change, so each is optional; ConfigCreate and ConfigPatch add the branding to it."""
 
-    primary_color: UnsetStr = msgspec.UNSET
-    header_text: UnsetStr = msgspec.UNSET
-    logo_url: Url | msgspec.UnsetType = msgspec.UNSET
-    welcome_message: Text | msgspec.UnsetType = msgspec.UNSET
-    chat_first_page_description: Text | msgspec.UnsetType = msgspec.UNSET
-    is_full_width: bool | msgspec.UnsetType = msgspec.UNSET
-    start_page_title: UnsetStr = msgspec.UNSET
-    start_page_slogan: UnsetStr = msgspec.UNSET
     system_prompt: Text | msgspec.UnsetType = msgspec.UNSET
     model: UnsetStr = msgspec.UNSET
     max_output_tokens: OutputTokens | msgspec.UnsetType = msgspec.UNSET
@@ -71,28 +67,70 @@ class ConfigFields(msgspec.Struct, kw_only=True):
         return present
 
 
-class ConfigCreate(ConfigFields, kw_only=True):
-    agent_name: Short
-    company_name: Short
+class BrandingField(NamedTuple):
+    """One field of ledger.Branding, as the admin API's input and the CLI's options are made of it."""
+
+    name: str
+    annotation: Any  # the field's type, with its description
+    kind: type  # str or bool
+    description: str
+    required: bool  # on a create: a new config has no default for it
 
 
-class ConfigPatch(ConfigFields, kw_only=True):
-    agent_name: UnsetStr = msgspec.UNSET
-    company_name: UnsetStr = msgspec.UNSET
+def branding_fields() -> list[BrandingField]:
+    fields = []
+    for field in msgspec.structs.fields(ledger.Branding):
+        kind, *metas = get_args(field.type) if get_origin(field.type) is Annotated else (field.type,)
+        description = next((m.description for m in metas if isinstance(m, msgspec.Meta)), None)
+        assert description, f"ledger.Branding.{field.name} says what it is: the CLI shows it as help"
+        fields.append(BrandingField(field.name, field.type, kind, description, field.required))
+    return fields
 
 
-class AdminConfig(msgspec.Struct, kw_only=True):
+# The most characters an operator may give a branding text: a line, unless it is one of these.
+_TEXT_CHARS_MAX = {
+    "logo_url": URL_CHARS_MAX,
+    "welcome_message": TEXT_CHARS_MAX,
+    "chat_first_page_description": TEXT_CHARS_MAX,
+}
+
+
+def _branding_input(*, create: bool) -> list[tuple[str, Any] | tuple[str, Any, Any]]:
+    """The branding as an operator sends it: every text bounded, every field optional but, on a
+    create, those a new config has no default for."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for field in branding_fields():
+        kind = field.annotation
+        if field.kind is str:
+            limit = msgspec.Meta(max_length=_TEXT_CHARS_MAX.get(field.name, SHORT_CHARS_MAX))
+            kind = operator.getitem(Annotated, (kind, limit))
+        if create and field.required:
+            fields.append((field.name, kind))
+        else:
+            fields.append((field.name, kind | msgspec.UnsetType, msgspec.UNSET))
+    return fields
+
+
+def _config_input(name: str, *, create: bool) -> type[ConfigFields]:
+    made = msgspec.defstruct(
+        name, _branding_input(create=create), bases=(ConfigFields,), kw_only=True, module=__name__
+    )
+    return cast(type[ConfigFields], made)
+
+
+# Built from ledger.Branding, so a branding field the ledger gains can be set at once.
+ConfigCreate = _config_input("ConfigCreate", create=True)
+ConfigPatch = _config_input("ConfigPatch", create=False)
+
+
+class _IdentifiedBranding(ledger.Branding, frozen=True):
+    # Not keyword-only, so the id comes before the branding on the wire.
     config_id: UuidStr
-    agent_name: str
-    company_name: str
-    primary_color: str
-    header_text: str
-    logo_url: str
-    welcome_message: str
-    chat_first_page_description: str
-    is_full_width: bool
-    start_page_title: str
-    start_page_slogan: str
+
+
+class AdminConfig(_IdentifiedBranding, kw_only=True, frozen=True):
+    """A config with every field: its branding, then what only operators see."""
+
     system_prompt: str
     model: str
     max_output_tokens: int
@@ -175,18 +213,18 @@ class Done(msgspec.Struct):
     done: bool
 
 
+# AdminConfig's fields that the record holds under the same name and as they are shown.
+_AS_STORED = [name for name in AdminConfig.__struct_fields__ if name in ledger.ConfigRecord.__struct_fields__]
+
+
 def admin_config(config: ledger.ConfigRecord) -> AdminConfig:
-    """The public Config object's fields (one mapping, service/schemas.py), plus what only operators see."""
+    """The record's fields, the weights as floats (1.0 = one token per token) and the dates as ISO."""
     return AdminConfig(
-        **msgspec.structs.asdict(config_out(config)),
-        system_prompt=config.system_prompt,
-        model=config.model,
-        max_output_tokens=config.max_output_tokens,
-        temperature=config.temperature,
+        **{name: getattr(config, name) for name in _AS_STORED},
         prompt_token_weight=config.prompt_weight_milli / 1000,
         completion_token_weight=config.completion_weight_milli / 1000,
-        rate_limit_per_s=config.rate_limit_per_s,
-        rate_limit_burst=config.rate_limit_burst,
+        created_at=iso_utc(config.created_ms),
+        updated_at=iso_utc(config.updated_ms),
     )
 
 

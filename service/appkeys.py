@@ -23,7 +23,7 @@ PROVIDER = web.AppKey("provider", Provider)
 EXCHANGE = web.AppKey("exchange", Exchange)
 METRICS = web.AppKey("metrics", Metrics)
 ADMISSION = web.AppKey("admission", Admission)
-# The chat widget (issue 8); None when it has no key and its routes answer 404.
+# The chat widget; None when it has no key and its routes answer 404.
 WIDGET: web.AppKey[Widget | None] = web.AppKey("widget")
 
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -1,5 +1,5 @@
 """The operator commands of `chatledger` (everything but `serve`): configs, API keys and chats, the same
-operations as the admin HTTP API (issue 7), run directly against Redis.
+operations as the admin HTTP API, run directly against Redis.
 
     chatledger config create --agent-name NAME --company-name NAME [options] | update CONFIG_ID [options]
     chatledger config show CONFIG_ID | list | delete CONFIG_ID
@@ -17,23 +17,17 @@ from typing import Any, NamedTuple
 import msgspec
 
 import ledger
-from service.admin_schemas import admin_chat, admin_config, journal_entry, reconciliation
+from service.admin_schemas import (
+    ConfigPatch,
+    admin_chat,
+    admin_config,
+    branding_fields,
+    journal_entry,
+    reconciliation,
+)
 from service.lifecycle import connect_redis
 from service.schemas import iso_utc
 from service.settings import Settings
-
-# ConfigRecord text fields the CLI sets, with their help text.
-_TEXT_FIELDS = {
-    "primary_color": "UI colour, e.g. #1A73E8",
-    "header_text": "text of the chat header",
-    "logo_url": "logo shown on the start page",
-    "welcome_message": "first message the UI shows (not stored in history)",
-    "chat_first_page_description": "description on the start page",
-    "start_page_title": "title of the start page",
-    "start_page_slogan": "slogan of the start page",
-    "system_prompt": "system prompt sent to the model",
-    "model": "model name for the provider",
-}
 
 
 class Stores(NamedTuple):
@@ -45,17 +39,29 @@ Command = Callable[[Stores, argparse.Namespace], Awaitable[int]]
 
 
 def _config_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
-    parser.add_argument("--agent-name", required=not update)
-    parser.add_argument("--company-name", required=not update)
-    for field, help_text in _TEXT_FIELDS.items():
-        parser.add_argument("--" + field.replace("_", "-"), help=help_text)
-    parser.add_argument(
-        "--full-width", action=argparse.BooleanOptionalAction, default=None, help="full-width chat layout"
-    )
+    """One option per field of ConfigPatch, each stored under that field's name: the branding's come from
+    ledger.Branding (a flag for a yes-or-no field, named without its `is_`), the rest are listed here."""
+    for field in branding_fields():
+        flag = "--" + field.name.removeprefix("is_").replace("_", "-")
+        if field.kind is bool:
+            parser.add_argument(
+                flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                help=field.description,
+            )  # fmt: skip
+        else:
+            parser.add_argument(
+                flag, dest=field.name, required=field.required and not update, help=field.description
+            )
+    parser.add_argument("--system-prompt", help="system prompt sent to the model")
+    parser.add_argument("--model", help="model name for the provider")
     parser.add_argument("--max-output-tokens", type=int, help="reply tokens asked of the model")
     parser.add_argument("--temperature", type=float, help="sampling temperature sent to the model")
-    parser.add_argument("--prompt-weight", type=float, help="charge per prompt token (default 1.0)")
-    parser.add_argument("--completion-weight", type=float, help="charge per reply token (default 1.0)")
+    for flag, name, token in (
+        ("--prompt-weight", "prompt_token_weight", "prompt"),
+        ("--completion-weight", "completion_token_weight", "reply"),
+    ):
+        help_text = f"charge per {token} token (default 1.0)"
+        parser.add_argument(flag, dest=name, metavar="WEIGHT", type=float, help=help_text)
     parser.add_argument("--rate-limit-per-s", type=float, help="requests per second per API key (0: none)")
     parser.add_argument("--rate-limit-burst", type=int, help="requests an API key may make at once")
 
@@ -112,25 +118,9 @@ def _print_json(value: object) -> None:
 
 
 def _config_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The options given, as ConfigRecord fields (weights to milli-tokens)."""
-    given = {f: getattr(args, f) for f in _TEXT_FIELDS if getattr(args, f) is not None}
-    optional = {
-        "agent_name": args.agent_name,
-        "company_name": args.company_name,
-        "is_full_width": args.full_width,
-        "max_output_tokens": args.max_output_tokens,
-        "temperature": args.temperature,
-        "prompt_weight_milli": None
-        if args.prompt_weight is None
-        else ledger.weight_milli(args.prompt_weight),
-        "completion_weight_milli": (
-            None if args.completion_weight is None else ledger.weight_milli(args.completion_weight)
-        ),
-        "rate_limit_per_s": args.rate_limit_per_s,
-        "rate_limit_burst": args.rate_limit_burst,
-    }
-    given.update({k: v for k, v in optional.items() if v is not None})
-    return given
+    """The options given, as ConfigRecord fields, converted as the admin API converts a PATCH body."""
+    given = {name: getattr(args, name) for name in ConfigPatch.__struct_fields__}
+    return ConfigPatch(**{name: value for name, value in given.items() if value is not None}).record_fields()
 
 
 def _config_id(value: str) -> str:

@@ -1,12 +1,15 @@
-"""CHATLEDGER_MESSAGE_DELAY_MS: a test and demo hook that holds every message request for a while.
+"""CHATLEDGER_MESSAGE_DELAY_MS: a test and demo hook that holds each message a client sends for a while.
 
 The offline model answers at once, so a request is in flight for a few milliseconds only: too short to
-show a graceful shutdown finishing the requests it was serving (issue 5), or a load balancer queueing
-connections. With a delay, each `POST /chats/messages/` waits before it is handled; the whole exchange
-(reserve, model, settle) then runs after the wait, so a request caught by a shutdown still needs Redis
-and the model to finish. Never set it in production.
+show a graceful shutdown finishing the requests it was serving, or a load balancer queueing connections
+(tests/scale/test_workers.py does both). With a delay, each message request waits before it is handled;
+the whole exchange (reserve, model, settle) then runs after the wait, so a request caught by a shutdown
+still needs Redis and the model to finish. Never set it in production.
 
-It is a middleware rather than a slower model so it works the same whatever the provider is.
+The hook is explicit on both ends: workers.build_app installs it only when the setting is above zero, so
+no production request passes through it, and it holds the requests routed to the handlers that send a
+message (handlers.MESSAGE_SENDS), whatever path or base path they are mounted under. It is a middleware
+rather than a slower model so it works the same whatever the provider is.
 """
 
 from __future__ import annotations
@@ -18,10 +21,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.appkeys import SETTINGS
+from service.handlers import MESSAGE_SENDS
 
 log = structlog.get_logger("chatledger")
-
-_MESSAGES_PATH = "/chats/messages"
 
 
 def install_message_delay(app: web.Application) -> None:
@@ -33,7 +35,7 @@ def install_message_delay(app: web.Application) -> None:
 
     @web.middleware
     async def delay_messages(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method == "POST" and request.path.rstrip("/").endswith(_MESSAGES_PATH):
+        if request.match_info.handler in MESSAGE_SENDS:
             # Logged as the wait begins, so a test can tell the request is in flight without sleeping.
             log.info("message_delayed", delay_ms=delay_ms)
             await asyncio.sleep(delay_ms / 1000)

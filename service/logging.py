@@ -22,7 +22,7 @@ _SECRET_FIELDS = frozenset({"api_key", "x_api_key", "authorization", "content", 
 
 def redact(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop secret-bearing fields from every event at info and above."""
-    # isdisjoint first: it builds no set, and almost no event holds such a field (issue 6).
+    # isdisjoint first: it builds no set, and almost no event holds such a field.
     if method != "debug" and not _SECRET_FIELDS.isdisjoint(event):
         for field in _SECRET_FIELDS.intersection(event):
             event[field] = "[redacted]"
@@ -41,7 +41,7 @@ _JSON = msgspec.json.Encoder(enc_hook=_fallback)
 class UtcStamper:
     """`timestamp`: ISO-8601 UTC with microseconds and `Z`, as structlog's
     `TimeStamper(fmt="iso", utc=True)` writes it, with the date and time of day formatted once per
-    second instead of once per event (issue 6)."""
+    second instead of once per event: every request logs a line."""
 
     def __init__(self) -> None:
         # (epoch second, its "YYYY-MM-DDTHH:MM:SS"), replaced whole, so a thread never sees a mix.
@@ -66,8 +66,8 @@ class UtcStamper:
 class JsonLine:
     """The JSON format's processors after merge_contextvars, in one call: add_log_level, UtcStamper,
     redact, format_exc_info and render_json, in that order, with the same line as a result. Every
-    event pays each processor's call and each of these made a dict or a set of its own; as one they
-    cost about half (issue 6: the request's log line was 7% of a message's worker instructions)."""
+    request logs a line, and as separate processors each paid a call and made a dict or a set of its
+    own (docs/performance.md has what that cost)."""
 
     def __init__(self) -> None:
         self._stamper = UtcStamper()
@@ -79,8 +79,8 @@ class JsonLine:
         redact(logger, method, event)
         if "exc_info" in event:
             structlog.processors.format_exc_info(logger, method, event)
-        # msgspec rather than structlog's JSONRenderer (json.dumps): about 8 times cheaper on a
-        # request event. JSON has no NaN: msgspec writes null.
+        # msgspec rather than structlog's JSONRenderer: json.dumps is the slower encoder, and every
+        # request writes a line. JSON has no NaN: msgspec writes null.
         return _JSON.encode(event).decode()
 
 
@@ -88,7 +88,7 @@ class _StderrLogger:
     """Writes each line to sys.stderr as it is at that write, not when logging was configured:
     whoever replaces it later (a test capture, a daemonizing wrapper) gets the lines, and none go to
     a closed file. structlog's WriteLogger over a proxy of sys.stderr did the same in three calls
-    per line instead of one (issue 6)."""
+    per line instead of one."""
 
     def msg(self, message: str) -> None:
         stderr = sys.stderr

@@ -16,10 +16,11 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import msgspec.inspect
 from aiohttp import web
 
 import service
@@ -194,8 +195,9 @@ def build(app: web.Application) -> dict[str, Any]:
     # Error bodies carry fields that help beyond detail and code (api.md Part B 3).
     for error_type in (ErrorBody, InsufficientTokensBody):
         components[_name(error_type)]["additionalProperties"] = True
-    bodies = {_name(doc.body) for _m, _p, doc in operations if doc.body is not None}
-    _constrain_content(components, bodies, app[SETTINGS].max_content_chars)
+    bodies = {doc.body for _m, _p, doc in operations if doc.body is not None}
+    _constrain_content(components, {_name(body) for body in bodies}, app[SETTINGS].max_content_chars)
+    _require_sent_fields(components, _structs(types - bodies) - _structs(bodies))
     for schema in components.values():
         _apply_marks(schema)
 
@@ -230,6 +232,42 @@ def _constrain_content(components: dict[str, Any], bodies: set[str], max_chars: 
         content = components[name].get("properties", {}).get("content")
         if content is not None and content.get("type") == "string":
             content.update(minLength=1, maxLength=max_chars, pattern=_VISIBLE_CHARACTER)
+
+
+# What msgspec.inspect describes a type with: a type's parts are these, a struct's fields the second.
+_INFO = (msgspec.inspect.Type, msgspec.inspect.Field)
+
+
+def _structs(types: Iterable[Any]) -> set[Any]:
+    """The struct types among `types` and inside them (a Page's items, a list's elements)."""
+    found: set[Any] = set()
+    pending: list[Any] = list(msgspec.inspect.multi_type_info(list(types)))
+    while pending:
+        info = pending.pop()
+        if isinstance(info, msgspec.inspect.Field):
+            pending.append(info.type)
+            continue
+        if isinstance(info, msgspec.inspect.StructType):
+            if info.cls in found:
+                continue
+            found.add(info.cls)
+        for name in info.__struct_fields__:
+            value = getattr(info, name)
+            pending += [v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, _INFO)]
+    return found
+
+
+def _require_sent_fields(components: dict[str, Any], answers: set[Any]) -> None:
+    """Every field of a struct the server only writes is required: msgspec writes each one unless the
+    struct omits its defaults (MessageOut does), so a default there is a stored record's first value
+    (ledger.Branding's), not a field a client may go without."""
+    for struct in answers:
+        schema = components.get(_name(struct))
+        if schema is None or struct.__struct_config__.omit_defaults:
+            continue
+        for prop in schema.get("properties", {}).values():
+            prop.pop("default", None)
+        schema["required"] = list(schema.get("properties", {}))
 
 
 def _apply_marks(schema: Any) -> None:

@@ -16,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 import ledger
+from service.appkeys import SETTINGS
 from service.errors import ApiError
 from service.schemas import HistoryPageQuery
 
@@ -112,8 +113,19 @@ def idempotency_key(request: web.Request, operation: str, *parts: str) -> ledger
     return ledger.IdempotencyKey.of(key, operation, *parts)
 
 
-def history_query(query: HistoryPageQuery) -> ledger.HistoryQuery:
-    """Offset pagination (api.md Part A) or one cursor (Part C), never a mix."""
+def message_request(
+    request: web.Request, chat_id: str, content: str
+) -> tuple[str, ledger.IdempotencyKey | None]:
+    """A message's checked content and the request's Idempotency-Key. Every route that sends a message
+    fingerprints it alike, so a retry through the widget replays a message sent through the API."""
+    content = checked_content(content, request.app[SETTINGS].max_content_chars)
+    return content, idempotency_key(request, "send_message", chat_id, content)
+
+
+def history_query(request: web.Request) -> ledger.HistoryQuery:
+    """The page of history the query string asks for: by offset (api.md Part A) or after or before one
+    message id (Part C), never a mix."""
+    query = decode_query(request, HistoryPageQuery)
     cursors = [c for c in (query.after, query.before) if c is not None]
     if len(cursors) > 1 or (cursors and query.offset):
         raise ApiError(422, "validation_error", "Use one of offset, after or before.")

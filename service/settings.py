@@ -75,7 +75,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ]
         | None
     ) = None
-    # A Redis Cluster, given any one node's URL: the cluster client instead of REDIS_URL (issue 5).
+    # A Redis Cluster, given any one node's URL: the cluster client instead of REDIS_URL.
     redis_cluster_url: (
         Annotated[
             str,
@@ -87,7 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ]
         | None
     ) = None
-    # `serve` processes sharing the port (SO_REUSEPORT); more than one needs a real Redis (issue 5).
+    # `serve` processes sharing the port (SO_REUSEPORT); more than one needs a real Redis.
     workers: Annotated[
         int, _meta("`serve` processes sharing the port; more than 1 needs a Redis", ge=1, le=128)
     ] = 1
@@ -150,7 +150,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 1024 * 1024
     max_content_chars: Annotated[int, _meta("longer message contents get 422", ge=1, le=1_000_000)] = 16_000
-    # 'offline' is the built-in deterministic model; 'openai' any OpenAI-compatible endpoint (issue 3).
+    # 'offline' is the built-in deterministic model; 'openai' any OpenAI-compatible endpoint.
     provider: Annotated[
         Literal["offline", "openai"],
         _meta("`offline` (built in, not an LLM) or `openai` (any OpenAI-compatible server)"),
@@ -261,7 +261,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ]
         | None
     ) = None
-    # The chat widget's server-side API key (issue 8, service/widget/); unset, the widget routes answer
+    # The chat widget's server-side API key (service/widget/); unset, the widget routes answer
     # 404, except on the embedded default, which uses the demo key. The browser never sees it.
     widget_api_key: (
         Annotated[

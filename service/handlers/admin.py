@@ -1,4 +1,4 @@
-"""The admin API under /admin/ (issue 7): configs, API keys, and any chat, behind a bearer token.
+"""The admin API under /admin/: configs, API keys, and any chat, behind a bearer token.
 
 With no CHATLEDGER_ADMIN_TOKEN the whole surface answers 404, as if it did not exist. The token is
 compared in constant time. Admin routes see every config's chats, deleted ones included.
@@ -6,7 +6,9 @@ compared in constant time. Admin routes see every config's chats, deleted ones i
 
 from __future__ import annotations
 
+import functools
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -18,6 +20,7 @@ from service.admin_schemas import (
     AdminConfig,
     AdminConfigList,
     ConfigCreate,
+    ConfigFields,
     ConfigPatch,
     Done,
     IssuedKeyOut,
@@ -34,11 +37,13 @@ from service.admin_schemas import (
 from service.appkeys import LEDGER, SETTINGS, TENANTS
 from service.errors import ApiError
 from service.handlers.common import json_response
+from service.handlers.messages import history_page
 from service.openapi import Doc, documented
 from service.requests import decode_body, decode_query, history_query, path_chat_id
-from service.schemas import HistoryPageQuery, MessageOut, Page, iso_utc, message_out
+from service.schemas import HistoryPageQuery, MessageOut, Page, iso_utc
 
 routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 CONFIG_CREATE_DECODER = msgspec.json.Decoder(ConfigCreate)
 CONFIG_PATCH_DECODER = msgspec.json.Decoder(ConfigPatch)
@@ -58,6 +63,23 @@ def require_admin(request: web.Request) -> None:
         raise ApiError(401, "invalid_admin_token", "A valid admin bearer token is required.")
 
 
+def _admin(method: str, path: str, doc: Doc) -> Callable[[Handler], Handler]:
+    """Route `method path` to the handler behind the admin token, documented as an admin operation: the
+    check and the document's auth come with the route, so no admin handler can go without them."""
+
+    def register(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guarded(request: web.Request) -> web.Response:
+            require_admin(request)
+            return await handler(request)
+
+        admin_doc = msgspec.structs.replace(doc, auth="admin", tag="admin")
+        routes.route(method, path)(documented(admin_doc)(guarded))
+        return guarded
+
+    return register
+
+
 def _config_id(request: web.Request) -> str:
     config_id = ledger.normalize_uuid(request.match_info["config_id"])
     if config_id is None:
@@ -72,7 +94,14 @@ async def _config(request: web.Request) -> ledger.ConfigRecord:
     return config
 
 
-def _fields(body: ConfigCreate | ConfigPatch) -> dict[str, Any]:
+async def _chat_id(request: web.Request) -> str:
+    """The path's chat, which must exist (deleted or not, of any config)."""
+    chat_id = path_chat_id(request)
+    await request.app[LEDGER].get_chat(None, chat_id)
+    return chat_id
+
+
+def _fields(body: ConfigFields) -> dict[str, Any]:
     try:
         return body.record_fields()
     except ledger.InvalidAmount as exc:
@@ -80,72 +109,50 @@ def _fields(body: ConfigCreate | ConfigPatch) -> dict[str, Any]:
 
 
 # --- configs -----------------------------------------------------------------------------------------
-@routes.get("/admin/configs")
-@documented(Doc(summary="List every config.", response=AdminConfigList, auth="admin", tag="admin"))
+@_admin("GET", "/admin/configs", Doc(summary="List every config.", response=AdminConfigList))
 async def list_configs(request: web.Request) -> web.Response:
-    require_admin(request)
     tenants = request.app[TENANTS]
     configs = [await tenants.get_config(config_id) for config_id in await tenants.list_config_ids()]
     return json_response(AdminConfigList([admin_config(c) for c in configs if c is not None]))
 
 
-@routes.post("/admin/configs")
-@documented(
-    Doc(summary="Create a config.", body=ConfigCreate, response=AdminConfig, auth="admin", tag="admin")
-)
+@_admin("POST", "/admin/configs", Doc(summary="Create a config.", body=ConfigCreate, response=AdminConfig))
 async def create_config(request: web.Request) -> web.Response:
-    require_admin(request)
     body = decode_body(await request.read(), CONFIG_CREATE_DECODER)
-    fields = _fields(body)
-    config = await request.app[TENANTS].create_config(**fields)
+    config = await request.app[TENANTS].create_config(**_fields(body))
     return json_response(admin_config(config))
 
 
-@routes.get("/admin/configs/{config_id}")
-@documented(Doc(summary="Read a config.", response=AdminConfig, errors=(404,), auth="admin", tag="admin"))
+@_admin(
+    "GET", "/admin/configs/{config_id}", Doc(summary="Read a config.", response=AdminConfig, errors=(404,))
+)
 async def get_config(request: web.Request) -> web.Response:
-    require_admin(request)
     return json_response(admin_config(await _config(request)))
 
 
-@routes.patch("/admin/configs/{config_id}")
-@documented(
-    Doc(summary="Change some fields of a config.", body=ConfigPatch, response=AdminConfig, errors=(404,),
-        auth="admin", tag="admin")
-)  # fmt: skip
+@_admin("PATCH", "/admin/configs/{config_id}",
+        Doc(summary="Change some fields of a config.", body=ConfigPatch, response=AdminConfig,
+            errors=(404,)))  # fmt: skip
 async def update_config(request: web.Request) -> web.Response:
-    require_admin(request)
     config_id = _config_id(request)
     body = decode_body(await request.read(), CONFIG_PATCH_DECODER)
     config = await request.app[TENANTS].update_config(config_id, **_fields(body))
     return json_response(admin_config(config))
 
 
-@routes.delete("/admin/configs/{config_id}")
-@documented(
-    Doc(summary="Delete a config and revoke its keys (its chats are kept).", response=Done, errors=(404,),
-        auth="admin", tag="admin")
-)  # fmt: skip
+@_admin("DELETE", "/admin/configs/{config_id}",
+        Doc(summary="Delete a config and revoke its keys (its chats are kept).", response=Done,
+            errors=(404,)))  # fmt: skip
 async def delete_config(request: web.Request) -> web.Response:
-    require_admin(request)
     if not await request.app[TENANTS].delete_config(_config_id(request)):
         raise ledger.ConfigNotFound()
     return json_response(Done(True))
 
 
 # --- keys ------------------------------------------------------------------------------------------
-@routes.post("/admin/configs/{config_id}/keys")
-@documented(
-    Doc(
-        summary="Issue an API key (shown once).",
-        response=IssuedKeyOut,
-        errors=(404,),
-        auth="admin",
-        tag="admin",
-    )
-)
+@_admin("POST", "/admin/configs/{config_id}/keys",
+        Doc(summary="Issue an API key (shown once).", response=IssuedKeyOut, errors=(404,)))  # fmt: skip
 async def issue_key(request: web.Request) -> web.Response:
-    require_admin(request)
     issued = await request.app[TENANTS].issue_key(_config_id(request))
     return json_response(
         IssuedKeyOut(
@@ -155,13 +162,9 @@ async def issue_key(request: web.Request) -> web.Response:
     )  # fmt: skip
 
 
-@routes.get("/admin/configs/{config_id}/keys")
-@documented(
-    Doc(summary="List a config's keys (ids and prefixes).", response=KeyList, errors=(404,), auth="admin",
-        tag="admin")
-)  # fmt: skip
+@_admin("GET", "/admin/configs/{config_id}/keys",
+        Doc(summary="List a config's keys (ids and prefixes).", response=KeyList, errors=(404,)))  # fmt: skip
 async def list_keys(request: web.Request) -> web.Response:
-    require_admin(request)
     config = await _config(request)
     infos = await request.app[TENANTS].list_keys(config.config_id)
     return json_response(
@@ -169,78 +172,47 @@ async def list_keys(request: web.Request) -> web.Response:
     )
 
 
-@routes.delete("/admin/configs/{config_id}/keys/{key_id}")
-@documented(Doc(summary="Revoke an API key.", response=Done, errors=(404,), auth="admin", tag="admin"))
+@_admin("DELETE", "/admin/configs/{config_id}/keys/{key_id}",
+        Doc(summary="Revoke an API key.", response=Done, errors=(404,)))  # fmt: skip
 async def revoke_key(request: web.Request) -> web.Response:
-    require_admin(request)
     if not await request.app[TENANTS].revoke_key(_config_id(request), request.match_info["key_id"]):
         raise ApiError(404, "key_not_found", "No such key for this config.")
     return json_response(Done(True))
 
 
 # --- chats -----------------------------------------------------------------------------------------
-@routes.get("/admin/chats/{chat_id}")
-@documented(
-    Doc(summary="Read any chat with its ledger figures.", response=AdminChat, errors=(404,), auth="admin",
-        tag="admin")
-)  # fmt: skip
+@_admin("GET", "/admin/chats/{chat_id}",
+        Doc(summary="Read any chat with its ledger figures.", response=AdminChat, errors=(404,)))  # fmt: skip
 async def get_chat(request: web.Request) -> web.Response:
-    require_admin(request)
     return json_response(admin_chat(await request.app[LEDGER].get_chat(None, path_chat_id(request))))
 
 
-@routes.get("/admin/chats/{chat_id}/messages/")
-@documented(
-    Doc(summary="Read any chat's history, deleted chats included.", query=HistoryPageQuery,
-        response=Page[MessageOut], errors=(404,), auth="admin", tag="admin")
-)  # fmt: skip
+@_admin("GET", "/admin/chats/{chat_id}/messages/",
+        Doc(summary="Read any chat's history, deleted chats included.", query=HistoryPageQuery,
+            response=Page[MessageOut], errors=(404,)))  # fmt: skip
 async def chat_history(request: web.Request) -> web.Response:
-    require_admin(request)
     chat_id = path_chat_id(request)
-    query = history_query(decode_query(request, HistoryPageQuery))
-    page = await request.app[LEDGER].read_history(None, chat_id, query)
-    items = [message_out(chat_id, m) for m in page.items]
-    return json_response(
-        Page[MessageOut](items=items, total=page.total, limit=query.limit, offset=query.offset)
-    )
+    return await history_page(request, None, chat_id, history_query(request))
 
 
-@routes.post("/admin/chats/{chat_id}/restore")
-@documented(
-    Doc(
-        summary="Restore a soft-deleted chat.",
-        response=AdminChat,
-        errors=(404, 409),
-        auth="admin",
-        tag="admin",
-    )
-)
+@_admin("POST", "/admin/chats/{chat_id}/restore",
+        Doc(summary="Restore a soft-deleted chat.", response=AdminChat, errors=(404, 409)))  # fmt: skip
 async def restore_chat(request: web.Request) -> web.Response:
-    require_admin(request)
     return json_response(admin_chat(await request.app[LEDGER].restore_chat(path_chat_id(request))))
 
 
-@routes.get("/admin/chats/{chat_id}/journal")
-@documented(
-    Doc(summary="A page of the chat's usage journal, oldest first.", query=JournalQuery, response=JournalPage,
-        errors=(404,), auth="admin", tag="admin")
-)  # fmt: skip
+@_admin("GET", "/admin/chats/{chat_id}/journal",
+        Doc(summary="A page of the chat's usage journal, oldest first.", query=JournalQuery,
+            response=JournalPage, errors=(404,)))  # fmt: skip
 async def chat_journal(request: web.Request) -> web.Response:
-    require_admin(request)
-    chat_id = path_chat_id(request)
-    await request.app[LEDGER].get_chat(None, chat_id)
+    chat_id = await _chat_id(request)
     query = decode_query(request, JournalQuery)
     entries = await request.app[LEDGER].read_journal(chat_id, after=query.after, count=query.limit)
     return json_response(JournalPage([journal_entry(e) for e in entries]))
 
 
-@routes.get("/admin/chats/{chat_id}/reconciliation")
-@documented(
-    Doc(summary="The journal's sums against the chat's counters.", response=ReconciliationOut, errors=(404,),
-        auth="admin", tag="admin")
-)  # fmt: skip
+@_admin("GET", "/admin/chats/{chat_id}/reconciliation",
+        Doc(summary="The journal's sums against the chat's counters.", response=ReconciliationOut,
+            errors=(404,)))  # fmt: skip
 async def chat_reconciliation(request: web.Request) -> web.Response:
-    require_admin(request)
-    chat_id = path_chat_id(request)
-    await request.app[LEDGER].get_chat(None, chat_id)
-    return json_response(reconciliation(await request.app[LEDGER].reconcile(chat_id)))
+    return json_response(reconciliation(await request.app[LEDGER].reconcile(await _chat_id(request))))

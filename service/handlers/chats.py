@@ -16,13 +16,9 @@ routes = web.RouteTableDef()
 
 @routes.post("/chats/")
 @documented(
-    Doc(
-        summary="Create a chat with a token budget.",
-        body=CreateChatRequest,
-        response=ChatOut,
-        idempotent=True,
-    )
-)
+    Doc(summary="Create a chat with a token budget.", body=CreateChatRequest, response=ChatOut,
+        idempotent=True)
+)  # fmt: skip
 async def create_chat(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     body = decode_body(await request.read(), CREATE_CHAT_DECODER)
@@ -34,11 +30,7 @@ async def create_chat(request: web.Request) -> web.Response:
 
 @routes.get("/chats/by-config-id")
 @documented(
-    Doc(
-        summary="Page the caller's chats, oldest first.",
-        query=ChatListQuery,
-        response=Page[ChatOut],
-    )
+    Doc(summary="Page the caller's chats, oldest first.", query=ChatListQuery, response=Page[ChatOut])
 )
 async def list_chats(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
@@ -50,16 +42,20 @@ async def list_chats(request: web.Request) -> web.Response:
     return json_response(Page[ChatOut](items=items, total=page.total, limit=query.limit, offset=query.offset))
 
 
+async def live_chat(request: web.Request, config_id: str, chat_id: str) -> ledger.ChatState:
+    """The chat, or 404 chat_deleted once it is deleted, as on every other route (api.md Part B 9); the
+    DELETE answer, `include_deleted=true` and the admin API still show a deleted chat."""
+    chat = await request.app[LEDGER].get_chat(config_id, chat_id)
+    if chat.deleted:
+        raise ledger.ChatDeleted()
+    return chat
+
+
 @routes.get("/chats/{chat_id}")
 @documented(Doc(summary="Read a chat (404 chat_deleted once deleted).", response=ChatOut))
 async def get_chat(request: web.Request) -> web.Response:
-    """A deleted chat is 404 chat_deleted here as on every other route (api.md Part B 9); the DELETE
-    answer, `include_deleted=true` and the admin API still show it."""
     tenant = await tenant_of(request)
-    chat = await request.app[LEDGER].get_chat(tenant.config_id, path_chat_id(request))
-    if chat.deleted:
-        raise ledger.ChatDeleted()
-    return json_response(chat_out(chat))
+    return json_response(chat_out(await live_chat(request, tenant.config_id, path_chat_id(request))))
 
 
 @routes.delete("/chats/{chat_id}")

@@ -1,22 +1,15 @@
-"""POST /chats/messages/ (one exchange) and GET /chats/{chat_id}/messages/ (history pages)."""
+"""POST /chats/messages/ (one exchange) and GET /chats/{chat_id}/messages/ (history pages), with the two
+behaviours every route that sends a message or pages a history shares (the widget proxy, the admin API)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 import ledger
-from service.appkeys import EXCHANGE, LEDGER, SETTINGS
+from service.appkeys import EXCHANGE, LEDGER
 from service.handlers.common import json_response, tenant_of
 from service.openapi import Doc, documented
-from service.requests import (
-    chat_id_from,
-    checked_content,
-    decode_body,
-    decode_query,
-    history_query,
-    idempotency_key,
-    path_chat_id,
-)
+from service.requests import chat_id_from, decode_body, history_query, message_request, path_chat_id
 from service.schemas import (
     SEND_MESSAGE_DECODER,
     HistoryPageQuery,
@@ -28,6 +21,37 @@ from service.schemas import (
 from service.streaming import stream_reply, wants_stream
 
 routes = web.RouteTableDef()
+
+
+async def answer_message(
+    request: web.Request,
+    config: ledger.ConfigRecord,
+    chat_id: str,
+    content: str,
+    idempotency: ledger.IdempotencyKey | None,
+    *,
+    stream: bool,
+) -> web.StreamResponse:
+    """Run one exchange and answer its message as JSON, or stream it as Server-Sent Events. A retry with
+    the same Idempotency-Key gets the saved message as JSON, with no model call and no charge."""
+    try:
+        if stream:
+            return await stream_reply(request, config, chat_id, content, idempotency)
+        settlement = await request.app[EXCHANGE].send(config, chat_id, content, idempotency)
+    except ledger.ExchangeReplayed as replay:
+        return json_response(message_out(chat_id, replay.message))
+    return json_response(message_out(chat_id, settlement.ai_message))
+
+
+async def history_page(
+    request: web.Request, config_id: str | None, chat_id: str, query: ledger.HistoryQuery
+) -> web.Response:
+    """A page of a chat's history, oldest first; `config_id` None reads any config's chat (admin)."""
+    page = await request.app[LEDGER].read_history(config_id, chat_id, query)
+    items = [message_out(chat_id, message) for message in page.items]
+    return json_response(
+        Page[MessageOut](items=items, total=page.total, limit=query.limit, offset=query.offset)
+    )
 
 
 @routes.post("/chats/messages/")
@@ -44,21 +68,14 @@ routes = web.RouteTableDef()
     )
 )
 async def send_message(request: web.Request) -> web.StreamResponse:
-    """Answers with the AI's message, or streams it as Server-Sent Events when asked (api.md Part C);
-    402 before any generation when the chat cannot pay. A retry with the same Idempotency-Key gets the
-    saved message as JSON, with no model call and no charge."""
+    """Answers with the AI's message, or streams it when asked (api.md Part C); 402 before any
+    generation when the chat cannot pay."""
     tenant = await tenant_of(request)
     body = decode_body(await request.read(), SEND_MESSAGE_DECODER, chat_id_field=True)
     chat_id = chat_id_from(body.chat_id)
-    content = checked_content(body.content, request.app[SETTINGS].max_content_chars)
-    idempotency = idempotency_key(request, "send_message", chat_id, content)
-    try:
-        if wants_stream(request, body.stream):
-            return await stream_reply(request, tenant.config, chat_id, content, idempotency)
-        settlement = await request.app[EXCHANGE].send(tenant.config, chat_id, content, idempotency)
-    except ledger.ExchangeReplayed as replay:
-        return json_response(message_out(chat_id, replay.message))
-    return json_response(message_out(chat_id, settlement.ai_message))
+    content, idempotency = message_request(request, chat_id, body.content)
+    stream = wants_stream(request, body.stream)
+    return await answer_message(request, tenant.config, chat_id, content, idempotency, stream=stream)
 
 
 @routes.get("/chats/{chat_id}/messages/")
@@ -68,9 +85,4 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 async def list_messages(request: web.Request) -> web.Response:
     tenant = await tenant_of(request)
     chat_id = path_chat_id(request)
-    query = history_query(decode_query(request, HistoryPageQuery))
-    page = await request.app[LEDGER].read_history(tenant.config_id, chat_id, query)
-    items = [message_out(chat_id, message) for message in page.items]
-    return json_response(
-        Page[MessageOut](items=items, total=page.total, limit=query.limit, offset=query.offset)
-    )
+    return await history_page(request, tenant.config_id, chat_id, history_query(request))

@@ -1,6 +1,6 @@
-"""The chat widget's server side (issue 8): the key it holds, the tickets it hands out, its files.
+"""The chat widget's server side: the key it holds, the tickets it hands out, its files.
 
-The browser never sees an API key. The widget routes (service/handlers/widget.py) call the ledger with a
+The browser never sees an API key. The widget routes (service/handlers/widget_proxy.py) call the ledger with a
 key held here, from CHATLEDGER_WIDGET_API_KEY or, on the embedded default, the demo config's key. What
 the browser holds instead is a *ticket*: a chat id and a MAC over it, keyed by a secret derived from that
 API key. So the widget routes reach only the chats they created, not every chat of the key's config (an

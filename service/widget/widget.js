@@ -1,5 +1,5 @@
 /*
- * chatledger chat widget (issue 8): one script tag, plain JavaScript, no framework, no build step.
+ * chatledger chat widget: one script tag, plain JavaScript, no framework, no build step.
  *
  *   <script src="https://chat.example.com/widget/widget.js" defer></script>
  *

@@ -1,4 +1,4 @@
-"""The chat widget in a real browser (issue 8): real `chatledger serve` processes, Debian's Chromium,
+"""The chat widget in a real browser: real `chatledger serve` processes, Debian's Chromium,
 driven by Playwright.
 
 Playwright runs the system's browser (/usr/bin/chromium, or CHATLEDGER_CHROMIUM): the machines that run

@@ -1,4 +1,4 @@
-"""The chat widget as a visitor uses it, in headless Chromium against a running chatledger (issue 8)."""
+"""The chat widget as a visitor uses it, in headless Chromium against a running chatledger."""
 
 from __future__ import annotations
 

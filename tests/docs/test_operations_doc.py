@@ -16,6 +16,7 @@ DOCUMENTED_REDIS = "redis://127.0.0.1:6379/0"
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 class TestCommandLine:
     """Each command of the session exits 0 and prints what the document shows."""
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from redis.asyncio import Redis
 
 import ledger
 from service.app import create_app
+from service.openapi import Doc, doc_of
 from service.settings import Settings
 
 # Sentinel for "send this Api's own key": None means "send no key at all".
@@ -69,6 +71,30 @@ class Api:
 
 
 AppFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+def documented_routes() -> list[tuple[str, str, Doc]]:
+    """(method, path template, Doc) of every route the router holds, the admin API's included, one slash
+    form each, HEAD left to GET: tests that loop over it cover a route the day it is added."""
+    app = create_app(Settings(redis_url="redis://unused", admin_token="router-admin-token"))
+    found: dict[tuple[str, str], tuple[str, str, Doc]] = {}
+    for route in app.router.routes():
+        doc = doc_of(route.handler)
+        assert isinstance(doc, Doc), f"{route.method} {route.resource} has no Doc"
+        if route.method != "HEAD" and route.resource is not None:
+            template = route.resource.canonical
+            found.setdefault((route.method, template.rstrip("/")), (route.method, template, doc))
+    return sorted(found.values(), key=lambda route: (route[0], route[1]))
+
+
+def routed(auth: str) -> list[tuple[str, str]]:
+    """(method, path template) of every route with this kind of auth: `api_key`, `admin` or `none`."""
+    return [(method, template) for method, template, doc in documented_routes() if doc.auth == auth]
+
+
+def fill(template: str, ids: Mapping[str, str]) -> str:
+    """A path template with its variables from `ids` (a KeyError names a variable a test must give)."""
+    return re.sub(r"\{(\w+)\}", lambda match: ids[match[1]], template)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The admin API (issue 7): bearer auth, configs, keys, any chat, restore, journal and reconciliation."""
+"""The admin API: bearer auth, configs, keys, any chat, restore, journal and reconciliation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 import ledger
-from tests.http.conftest import Api, AppFactory, new_tenant
+from tests.http.conftest import Api, AppFactory, fill, new_tenant, routed
 
 TOKEN = "admin-secret-token"
 
@@ -39,14 +39,16 @@ class TestAdminAuth:
     async def test_missing_or_wrong_token_is_401(
         self, admin_client: TestClient[web.Request, web.Application], token: str | None
     ) -> None:
-        """Every admin route refuses a missing or wrong bearer token with 401."""
+        """Every admin route the router holds refuses a missing or wrong bearer token with 401, before it
+        reads a body or looks anything up."""
         admin = Admin(admin_client, token)
-        for method, path in [
-            ("GET", "/admin/configs"), ("POST", "/admin/configs"),
-            ("GET", "/admin/chats/5b7a3c1e-0000-4000-8000-000000000000"),
-        ]:  # fmt: skip
-            status, body = await admin.call(method, path, json={"agent_name": "x", "company_name": "y"})
-            assert (status, body["code"]) == (401, "invalid_admin_token")
+        unknown = "5b7a3c1e-0000-4000-8000-000000000000"
+        ids = {"config_id": unknown, "chat_id": unknown, "key_id": "0123456789abcdef"}
+        routes = routed("admin")
+        assert ("POST", "/admin/configs") in routes
+        for method, template in routes:
+            status, body = await admin.call(method, fill(template, ids))
+            assert (status, body["code"]) == (401, "invalid_admin_token"), (method, template)
 
     async def test_an_api_key_is_not_an_admin_token(
         self, admin_client: TestClient[web.Request, web.Application], tenants: ledger.TenantStore

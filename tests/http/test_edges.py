@@ -1,44 +1,45 @@
-"""What a stranger can send below the API, sent through raw sockets (aiohttp's own client refuses to send
-most of it) to the app served the way a worker serves it (service/workers.make_runner, which puts
-service/protocol.py under the app).
-
-Over every route the router holds (so a route added tomorrow is in the corpus the day it is added):
-deeply nested JSON, bytes that are not UTF-8 in every header the app or aiohttp reads, and framings
-aiohttp's parser refuses. Whatever arrives, the answer is never a 5xx, every error is the JSON error
-shape, nothing is logged at error level, and /metrics counts no 500.
+"""What a stranger can send below the API, over every route the router holds (so a route added tomorrow is
+in the corpus the day it is added), through raw sockets to the app served as a worker serves it
+(tests/http/served.py): deeply nested JSON, bytes that are not UTF-8 in every header the app or aiohttp
+reads, and framings aiohttp's parser refuses. Whatever arrives, the answer is never a 5xx, every error is
+the JSON error shape, nothing is logged at error level, and /metrics counts no 500.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import re
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
 import structlog
-from aiohttp import web
 
 import ledger
-from service.app import create_app
-from service.openapi import doc_of
+from service.openapi import Doc
 from service.settings import Settings
-from service.workers import make_runner
-from tests.redis_servers import free_ports
-from tests.scale.conftest import ROOT, Process, base_env
+from tests.http.conftest import documented_routes
+from tests.http.served import (
+    PREFIX,
+    Served,
+    assert_json_error,
+    assert_no_server_error,
+    exchange,
+    no_stdlib_errors,
+    request_bytes,
+    seed,
+    start,
+    until,
+)
 
-PREFIX = "cledges"
+# One check over every route, header and framing: thorough rather than quick (not in `make test-fast`).
+pytestmark = pytest.mark.corpus
+
 ADMIN_TOKEN = "edges-admin-token-0123456"
-# Ends a read that would otherwise hang on a server that never answers; not a timing assertion.
-READ_BOUND_S = 15.0
 # Bytes no header may carry as they are: not UTF-8 at all, a broken UTF-8 sequence, and valid UTF-8
 # that latin-1 (what aiohttp writes headers in) cannot encode.
 BAD_HEADER_VALUES = [b"\xff\xfe", b"k\xc3\x28y\x80", "cl\u00e9-\u20ac".encode()]
@@ -57,35 +58,21 @@ DEEP_OBJECTS = b'{"a":' * 5000 + b"1" + b"}" * 5000
 class Route:
     method: str
     template: str
-    handler: Any
+    doc: Doc
 
     @property
-    def auth(self) -> str | None:
-        doc = doc_of(self.handler)
-        return doc.auth if doc is not None else None
+    def auth(self) -> str:
+        return self.doc.auth
 
     @property
     def takes_json(self) -> bool:
-        doc = doc_of(self.handler)
-        return doc is not None and doc.body is not None
+        return self.doc.body is not None
 
     def __str__(self) -> str:
         return f"{self.method} {self.template}"
 
 
-def all_routes() -> list[Route]:
-    """Every (method, path template) of the app, one of its two slash forms; HEAD is GET's handler."""
-    app = create_app(Settings(redis_url="redis://unused", admin_token=ADMIN_TOKEN))
-    found: dict[tuple[str, str], Route] = {}
-    for route in app.router.routes():
-        if route.method == "HEAD" or route.resource is None:
-            continue
-        template = route.resource.canonical
-        found.setdefault((route.method, template.rstrip("/")), Route(route.method, template, route.handler))
-    return sorted(found.values(), key=str)
-
-
-ROUTES = all_routes()
+ROUTES = [Route(*route) for route in documented_routes()]
 
 
 # A body each route accepts, so a bad header meets the route's whole path and not an early 422.
@@ -100,109 +87,13 @@ def _valid_bodies(ids: dict[str, str]) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-# --- raw HTTP ----------------------------------------------------------------------------------------------
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def _dechunk(body: bytes) -> bytes:
-    out, rest = b"", body
-    while rest:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out, rest = out + rest[:size], rest[size + 2 :]
-    return out
-
-
-def parse_response(raw: bytes) -> RawResponse | None:
-    """The first response in `raw`, or None when the server closed without answering."""
-    if not raw:
-        return None
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-    if "content-length" in headers:
-        body = body[: int(headers["content-length"])]
-    elif headers.get("transfer-encoding") == "chunked":
-        body = _dechunk(body)
-    return RawResponse(int(status_line.split(" ")[1]), headers, body)
-
-
-async def exchange(port: int, *parts: bytes, pause_s: float = 0.0) -> RawResponse | None:
-    """Send `parts` on a new connection (pausing between them), then read until the server closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    raw = b""
-    try:
-        for index, part in enumerate(parts):
-            if index and pause_s:
-                await asyncio.sleep(pause_s)
-            writer.write(part)
-            await writer.drain()
-        async with asyncio.timeout(READ_BOUND_S):
-            while chunk := await reader.read(65536):
-                raw += chunk
-    except (ConnectionResetError, BrokenPipeError):
-        pass  # the server answered and closed while bytes were still arriving: what was read stands
-    finally:
-        writer.close()
-    return parse_response(raw)
-
-
-def request_bytes(
-    method: str, target: bytes, headers: dict[str, bytes], body: bytes = b"", *, framing: bytes = b""
-) -> bytes:
-    """An HTTP/1.1 request; `framing` replaces the Content-Length line the body would get."""
-    lines = [method.encode("latin-1") + b" " + target + b" HTTP/1.1"]
-    lines += [name.encode() + b": " + value for name, value in headers.items()]
-    lines.append(framing or b"Content-Length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Wait (bounded) for what the server does in its own time; never a timing assertion."""
-    for _ in range(int(READ_BOUND_S / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail("condition not reached")
-
-
-def assert_json_error(response: RawResponse | None, what: str) -> dict[str, Any]:
-    assert response is not None, f"{what}: no answer"
-    assert response.headers.get("content-type", "").startswith("application/json"), (what, response)
-    body: dict[str, Any] = response.json()
-    for name in ("detail", "code"):
-        assert isinstance(body[name], str), (what, body)
-        assert body[name], (what, body)
-    return body
-
-
-def assert_no_server_error(response: RawResponse | None, what: str) -> None:
-    """Below 500, and the JSON error shape for any error."""
-    if response is None:
-        return  # the connection closed unanswered: allowed for bytes that are not a request at all
-    assert response.status < 500, (what, response)
-    if response.status >= 400:
-        assert_json_error(response, what)
-
-
 # --- the live server ---------------------------------------------------------------------------------------
 @dataclass
-class Live:
-    port: int
-    api_key: str
-    app: web.Application
+class Live(Served):
+    """The served app with the ids its routes take, and other ids that DELETE routes may destroy."""
+
     ids: dict[str, str]
     victim_ids: dict[str, str]
-    logs: list[MutableMapping[str, Any]] = field(default_factory=list)
 
     def target(self, route: Route) -> bytes:
         """The route's path with live ids; DELETE gets ids of things that may be deleted."""
@@ -224,48 +115,6 @@ class Live:
         body = _valid_bodies(self.ids).get((route.method, route.template.rstrip("/")))
         return json.dumps(body).encode() if body is not None else b""
 
-    async def metrics(self) -> str:
-        response = await exchange(self.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert response is not None
-        assert response.status == 200
-        return response.body.decode()
-
-    async def assert_clean(self) -> None:
-        """Nothing at error level in chatledger's log, and no 500 counted."""
-        errors = [e for e in self.logs if e.get("log_level") in ("error", "critical", "exception")]
-        assert errors == [], errors
-        assert 'status="500"' not in await self.metrics()
-
-
-@contextlib.contextmanager
-def no_stdlib_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """aiohttp logs through the standard library: nothing of it at error level either."""
-    with caplog.at_level(logging.WARNING):
-        yield
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors == [], [r.getMessage() for r in errors]
-
-
-async def start(settings: Settings, redis: ledger.RedisClient) -> tuple[web.AppRunner, int]:
-    """The app on the runner a worker uses, on a free port."""
-    runner = make_runner(create_app(settings, redis=redis), settings)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port: int = runner.addresses[0][1]
-    return runner, port
-
-
-async def _seed(tenants: ledger.TenantStore) -> tuple[str, dict[str, str], dict[str, str]]:
-    """The API key, the ids routes take, and other ids that DELETE routes may destroy."""
-    config = await tenants.create_config(agent_name="Agent", company_name="Co")
-    api_key = (await tenants.issue_key(config.config_id)).api_key
-    victim = await tenants.create_config(agent_name="Victim", company_name="Co")
-    victim_key = await tenants.issue_key(victim.config_id)
-    # `name`: a file the reference page serves (service/openapi.py's DOCS_ASSETS).
-    ids = {"config_id": config.config_id, "key_id": victim_key.key_id, "name": "docs.js"}
-    return api_key, ids, {"config_id": victim.config_id, "key_id": victim_key.key_id}
-
 
 async def _chats(port: int, api_key: str) -> tuple[str, str, str]:
     """A chat, a chat to delete, and a widget chat's ticket, made through the API."""
@@ -285,7 +134,7 @@ async def live(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Live]:
     the widget, CORS for any origin."""
     redis = ledger.embedded_redis()
     tenants = ledger.TenantStore(redis, ledger.Keyspace(PREFIX))
-    api_key, ids, victim_ids = await _seed(tenants)
+    api_key, ids, victim_ids = await seed(tenants)
     settings = Settings(
         redis_url="redis://unused", key_prefix=PREFIX, auth_cache_ttl_s=0, admin_token=ADMIN_TOKEN,
         widget_api_key=api_key, widget_token_limit=10**9, cors_origins="*", log_format="json",
@@ -296,7 +145,7 @@ async def live(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Live]:
         ids.update(chat_id=chat_id, ticket=ticket)
         victim_ids.update(chat_id=victim_chat, ticket=ticket)
         with structlog.testing.capture_logs() as logs, no_stdlib_errors(caplog):
-            yield Live(port, api_key, runner.app, ids, victim_ids, logs)
+            yield Live(port, api_key, runner.app, logs, ids, victim_ids)
     finally:
         await runner.cleanup()
         await redis.aclose()
@@ -457,166 +306,3 @@ class TestClientGone:
         )
         assert not [e for e in live.logs if e["event"] == "unhandled_error"]
         await live.assert_clean()
-
-
-# --- slow clients ------------------------------------------------------------------------------------------
-HEADER_TIMEOUT_S = 0.5
-
-
-@pytest_asyncio.fixture
-async def slow_live(caplog: pytest.LogCaptureFixture) -> AsyncIterator[Live]:
-    """The app with a short header-read timeout and keep-alive timeout."""
-    redis = ledger.embedded_redis()
-    tenants = ledger.TenantStore(redis, ledger.Keyspace(PREFIX))
-    api_key, ids, victim_ids = await _seed(tenants)
-    settings = Settings(
-        redis_url="redis://unused", key_prefix=PREFIX, auth_cache_ttl_s=0, log_format="json",
-        header_timeout_s=HEADER_TIMEOUT_S, keepalive_timeout_s=4 * HEADER_TIMEOUT_S,
-    )  # fmt: skip
-    runner, port = await start(settings, redis)
-    try:
-        with structlog.testing.capture_logs() as logs, no_stdlib_errors(caplog):
-            yield Live(port, api_key, runner.app, ids, victim_ids, logs)
-    finally:
-        await runner.cleanup()
-        await redis.aclose()
-
-
-async def trickle(port: int, line_every_s: float, lines_max: int = 200) -> tuple[RawResponse | None, int]:
-    """Send a request line, then one header line every `line_every_s` until the server answers or
-    closes; the answer and how many header lines went out. Gives up (to fail later) after `lines_max`.
-    Reads as it writes: bytes read before the server's close would be lost to a read after it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    received = bytearray()
-
-    async def read_all() -> None:
-        with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(65536):
-                received.extend(chunk)
-
-    reading = asyncio.create_task(read_all())
-    sent = 0
-    try:
-        writer.write(b"GET /healthz HTTP/1.1\r\n")
-        while sent < lines_max:
-            await asyncio.sleep(line_every_s)
-            if received or reading.done():
-                break
-            writer.write(b"X-Slow-%d: 1\r\n" % sent)
-            try:
-                await writer.drain()
-            except ConnectionError:
-                break
-            sent += 1
-        async with asyncio.timeout(READ_BOUND_S):
-            await reading
-    finally:
-        writer.close()
-        reading.cancel()
-    return parse_response(bytes(received)), sent
-
-
-class TestSlowClients:
-    async def test_a_trickled_head_gets_408(self, slow_live: Live) -> None:
-        """A client sending one header line every tenth of the timeout is cut at the timeout: a 408
-        in the JSON shape, and the connection closed."""
-        response, sent = await trickle(slow_live.port, HEADER_TIMEOUT_S / 10)
-        error = assert_json_error(response, "trickled head")
-        assert (response and response.status, error["code"]) == (408, "request_timeout")
-        assert sent < 200
-        await slow_live.assert_clean()
-
-    async def test_many_slow_clients_are_all_cut_and_the_server_answers(self, slow_live: Live) -> None:
-        """Fifty trickling connections all get their 408, and the server goes on answering."""
-        results = await asyncio.gather(*(trickle(slow_live.port, HEADER_TIMEOUT_S / 5) for _ in range(50)))
-        assert [r and r.status for r, _sent in results] == [408] * 50
-        response = await exchange(
-            slow_live.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        assert response is not None
-        assert response.status == 200
-        assert '"unparsed",status="408"} 50.0' in await slow_live.metrics()
-
-    async def test_a_silent_connection_is_closed_without_an_answer(self, slow_live: Live) -> None:
-        """A connection that sends nothing is closed at the timeout, with no response to a request it
-        never made."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", slow_live.port)
-        async with asyncio.timeout(READ_BOUND_S):
-            assert await reader.read() == b""
-        writer.close()
-
-    async def test_a_slow_body_and_an_idle_keep_alive_are_not_cut(self, slow_live: Live) -> None:
-        """The timeout is for heads only: a body sent in pieces over several timeouts is read whole,
-        and a kept-alive connection idle for longer than the timeout still serves the next request."""
-        body = json.dumps({"token_limit": 5}).encode()
-        headers = {"Host": b"x", "X-API-Key": slow_live.api_key.encode(), "Content-Type": b"application/json"}
-        reader, writer = await asyncio.open_connection("127.0.0.1", slow_live.port)
-        try:
-            writer.write(
-                request_bytes("POST", b"/chats/", headers, framing=b"Content-Length: %d" % len(body))
-            )
-            for start in range(0, len(body), 4):
-                await asyncio.sleep(HEADER_TIMEOUT_S / 2)
-                writer.write(body[start : start + 4])
-            first = await _read_one(reader)
-            assert first.status == 200, first
-            await asyncio.sleep(2 * HEADER_TIMEOUT_S)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            second = await _read_one(reader)
-            assert second.status == 200, second
-        finally:
-            writer.close()
-        await slow_live.assert_clean()
-
-    async def test_a_head_pipelined_behind_a_request_is_cut_by_the_keep_alive_timeout(
-        self, slow_live: Live
-    ) -> None:
-        """A whole request followed, in the same packet, by half a head: the first is answered, then
-        the connection is closed once the keep-alive timeout passes."""
-        reader, writer = await asyncio.open_connection("127.0.0.1", slow_live.port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nX-Half: ")
-        first = await _read_one(reader)
-        assert first.status == 200
-        async with asyncio.timeout(READ_BOUND_S):
-            assert await reader.read() == b""
-        writer.close()
-
-
-async def _read_one(reader: asyncio.StreamReader) -> RawResponse:
-    """One response with a Content-Length from a kept-alive connection."""
-    async with asyncio.timeout(READ_BOUND_S):
-        head = await reader.readuntil(b"\r\n\r\n")
-        parsed = parse_response(head)
-        assert parsed is not None
-        body = await reader.readexactly(int(parsed.headers["content-length"]))
-    return RawResponse(parsed.status, parsed.headers, body)
-
-
-class TestServeTimesOutSlowClients:
-    @pytest.mark.slow
-    async def test_chatledger_serve_cuts_trickling_clients(self, tmp_path: Path) -> None:
-        """`chatledger serve` with CHATLEDGER_HEADER_TIMEOUT_S=1: twenty clients each sending a header
-        line every 0.3 s all get a 408, and /healthz still answers."""
-        (port,) = free_ports(1)
-        command = [sys.executable, "-m", "service", "serve", "--port", str(port)]
-        process = Process(command, base_env(CHATLEDGER_HEADER_TIMEOUT_S="1"), tmp_path / "serve.log")
-        try:
-            process.log.wait_for("worker_listening", process=process.popen)
-            results = await asyncio.gather(*(trickle(port, 0.3, lines_max=60) for _ in range(20)))
-            assert [r and r.status for r, _sent in results] == [408] * 20
-            response = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert response is not None
-            assert response.status == 200
-            assert len(process.log.events("request_header_timeout")) == 20
-        finally:
-            process.close()
-
-
-class TestHaproxy:
-    def test_haproxy_bounds_the_request_head(self) -> None:
-        """The shipped HAProxy config gives a client a bounded time to send its request head, no
-        longer than chatledger's own default."""
-        config = (ROOT / "deploy" / "haproxy.cfg").read_text()
-        match = re.search(r"^\s*timeout http-request (\d+)s\s*$", config, re.MULTILINE)
-        assert match is not None
-        assert 0 < int(match.group(1)) <= Settings().header_timeout_s

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 import ledger
-from tests.http.conftest import Api, AppFactory, new_tenant
+from tests.http.conftest import Api, AppFactory, fill, new_tenant, routed
 
 UNKNOWN_CHAT = "5b7a3c1e-0000-4000-8000-000000000000"
 
@@ -65,22 +65,33 @@ class TestDeepNesting:
         assert (after["token_limit"], after["token_used"]) == (1000.0, 0.0)
 
 
+API_KEY_ROUTES = routed("api_key")
+
+
 class TestUnauthorized:
+    def test_the_router_gives_every_endpoint(self) -> None:
+        """The routes come from the router: the contract's seven and Part C's chat read are there."""
+        assert {
+            ("GET", "/chat-config/"), ("POST", "/chats/"), ("POST", "/chats/messages/"),
+            ("GET", "/chats/{chat_id}/messages/"), ("PUT", "/chats/{chat_id}/tokens/"),
+            ("GET", "/chats/by-config-id"), ("DELETE", "/chats/{chat_id}"), ("GET", "/chats/{chat_id}"),
+        } <= set(API_KEY_ROUTES)  # fmt: skip
+
+    def test_only_operations_and_the_widget_take_no_credentials(self) -> None:
+        """A route documented as open is an operations route or the widget's (which holds its own key),
+        so a new chats route cannot leave this test's loop by being documented as open."""
+        open_routes = [template for _method, template in routed("none")]
+        assert open_routes
+        assert [t for t in open_routes if not t.startswith(("/widget/", "/docs", "/openapi.json", "/healthz",
+                                                             "/readyz", "/metrics"))] == []  # fmt: skip
+
     @pytest.mark.parametrize("key", [None, "", "clk_wrong", "x" * 500])
     async def test_401_on_every_endpoint(self, api: Api, key: str | None) -> None:
-        """A missing or unknown key is 401 (never 403) on all seven endpoints."""
+        """A missing or unknown key is 401 (never 403) on every route that takes an API key, before its
+        body is read (none is sent)."""
         chat = (await api.create_chat())["chat_id"]
-        calls = [
-            ("GET", "/chat-config/", None),
-            ("POST", "/chats/", {"token_limit": 1}),
-            ("POST", "/chats/messages/", {"chat_id": chat, "content": "hi"}),
-            ("GET", f"/chats/{chat}/messages/", None),
-            ("PUT", f"/chats/{chat}/tokens/", {"additional_tokens": 1}),
-            ("GET", "/chats/by-config-id", None),
-            ("DELETE", f"/chats/{chat}", None),
-        ]
-        for method, path, payload in calls:
-            status, body, _ = await api.call(method, path, json=payload, key=key)
+        for method, template in API_KEY_ROUTES:
+            status, body, _ = await api.call(method, fill(template, {"chat_id": chat}), key=key)
             assert_error(status, body, 401)
 
     async def test_a_revoked_key_is_refused(

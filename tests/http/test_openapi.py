@@ -148,6 +148,19 @@ class TestExactDocument:
             "error": "#/components/schemas/StreamError",
         }
 
+    def test_what_an_answer_always_carries_is_required(self) -> None:
+        """A response struct's every field is required, defaults in the record or not (msgspec writes
+        them all); MessageOut and Health, which omit their defaults, require only what they always send."""
+        schemas = _document(admin_token="x", widget_api_key="k")["components"]["schemas"]
+        for name in ("ConfigOut", "AdminConfig", "WidgetConfig", "ChatOut", "AdminChat"):
+            schema = schemas[name]
+            assert schema["required"] == list(schema["properties"]), name
+            assert not [p for p in schema["properties"].values() if "default" in p], name
+        assert "primary_color" in schemas["ConfigOut"]["required"]
+        assert set(schemas["MessageOut"]["required"]) == {"chat_id", "is_user", "content", "timestamp"}
+        assert schemas["Health"]["required"] == ["status"]
+        assert schemas["ConfigPatch"]["required"] == []
+
     def test_the_admin_api_is_documented_only_when_on(self) -> None:
         """Off, the admin API answers 404 everywhere as if it did not exist, and the document agrees."""
         assert not any(path.startswith("/admin/") for path in _document()["paths"])

@@ -1,4 +1,4 @@
-"""Rate limits, metrics, CORS, and how fast a revocation reaches every worker (issue 7)."""
+"""Rate limits, metrics, CORS, and how fast a revocation reaches every worker."""
 
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ class TestCors:
 
 
 @pytest.mark.redis
+@pytest.mark.slow
 class TestRevocationBound:
     async def test_a_revoked_key_stops_on_another_worker_within_the_cache_ttl(
         self, aiohttp_client: Any, real_redis: Redis, redis_server: Any

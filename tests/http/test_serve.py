@@ -58,6 +58,7 @@ def embedded_server() -> Iterator[Server]:
         process.stderr.close()
 
 
+@pytest.mark.slow
 class TestEmbeddedServe:
     async def test_starts_announces_and_answers(self, embedded_server: Server) -> None:
         """With no REDIS_URL it announces the in-process Redis and the offline model, prints a demo

@@ -1,4 +1,4 @@
-"""POST /chats/messages/ as Server-Sent Events on the offline model (api.md Part C, issue 3)."""
+"""POST /chats/messages/ as Server-Sent Events on the offline model (api.md Part C)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The chat widget's server side (issue 8) through aiohttp's test client: its files, its proxy routes,
+"""The chat widget's server side through aiohttp's test client: its files, its proxy routes,
 and what keeps the API key on the server. The browser itself is tested in tests/browser/.
 
 These run on fakeredis only: the widget adds no Redis work of its own (every route is an API path
@@ -217,6 +217,30 @@ class TestProxy:
             client, "GET", f"/chats/{chat['chat_id']}", headers={"X-API-Key": tenant.api_key}
         )
         assert api_chat["token_used"] == done["token_used"] == done["tokens_charged"] > 0
+
+    async def test_a_retry_replays_through_either_route(
+        self, make_widget_client: ClientFactory, tenant: Tenant
+    ) -> None:
+        """A message sent through the API and retried through the widget with the same Idempotency-Key
+        gets the saved message as JSON: one exchange, charged once."""
+        client = await make_widget_client()
+        chat = await new_chat(client)
+        widget_path = f"/widget/api/chats/{chat['ticket']}/messages/"
+        api_headers = {"X-API-Key": tenant.api_key, "Idempotency-Key": "once"}
+        body = {"chat_id": chat["chat_id"], "content": "Charge me once"}
+        status, sent = await call(client, "POST", "/chats/messages/", json=body, headers=api_headers)
+        assert status == 200
+        async with client.post(
+            widget_path,
+            json={"content": "Charge me once"},
+            headers={"Idempotency-Key": "once", **STREAM_HEADERS},
+        ) as response:
+            assert (response.status, response.content_type) == (200, "application/json")
+            assert await response.json() == sent
+        status, page = await call(client, "GET", widget_path)
+        assert (status, page["total"]) == (200, 2)
+        status, seen = await call(client, "GET", f"/widget/api/chats/{chat['ticket']}")
+        assert seen["token_used"] == sent["tokens_charged"] > 0
 
     async def test_out_of_tokens_is_the_api_402(self, make_widget_client: ClientFactory) -> None:
         """A chat that cannot pay answers the API's 402 JSON, with the figures the widget shows."""

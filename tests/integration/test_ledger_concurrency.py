@@ -499,6 +499,7 @@ class LedgerMachine(RuleBasedStateMachine):
             assert int(cast(str, due)) <= float(earliest[0][1]), (due, earliest)
 
 
+@pytest.mark.slow
 class TestLedgerStateMachine:
     def test_model_equals_redis_after_every_step(self, redis_server: RedisServer) -> None:
         """Any interleaving of reserve, settle, void, top-up and expiry keeps Redis equal to a model."""

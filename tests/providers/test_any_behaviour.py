@@ -33,7 +33,7 @@ from tests.providers.sse import Event, reply_of
 from tests.providers.upstream import KEYS, SYSTEM, WEIGHTS, Upstream, send
 from tests.redis_servers import RedisServer, flush_all
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""A worker's garbage collector settings (service/workers.py, issue 6)."""
+"""A worker's garbage collector settings (service/workers.py)."""
 
 from __future__ import annotations
 

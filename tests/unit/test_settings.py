@@ -145,6 +145,7 @@ class TestCrossFieldChecks:
         assert cross_field_problems(Settings()) == []
 
 
+@pytest.mark.slow
 class TestServeStops:
     @pytest.mark.parametrize(
         ("variable", "value", "range_words"),
