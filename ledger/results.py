@@ -116,11 +116,6 @@ class Settlement(msgspec.Struct, kw_only=True, frozen=True):
     used_milli: int
     reserved_milli: int
 
-    @property
-    def shortfall_milli(self) -> int:
-        """The old name of `clamped_milli`, until service/ reads the new one."""
-        return self.clamped_milli
-
 
 class IssuedKey(msgspec.Struct, kw_only=True, frozen=True):
     """A new API key: the only time its plain value exists outside the client."""
@@ -151,11 +146,6 @@ class JournalEntry(msgspec.Struct, kw_only=True, frozen=True):
     clamped_milli: int
     timestamp_ms: int
 
-    @property
-    def shortfall_milli(self) -> int:
-        """The old name of `clamped_milli`, until service/ reads the new one."""
-        return self.clamped_milli
-
 
 class Reconciliation(msgspec.Struct, kw_only=True, frozen=True):
     """The journal's sums against the chat's counters: `ok` when every counter equals its sum."""
@@ -167,11 +157,6 @@ class Reconciliation(msgspec.Struct, kw_only=True, frozen=True):
     limit_sum_milli: int
     expired: int
     clamped_milli: int
-
-    @property
-    def shortfall_milli(self) -> int:
-        """The old name of `clamped_milli`, until service/ reads the new one."""
-        return self.clamped_milli
 
     @property
     def ok(self) -> bool:

@@ -248,7 +248,7 @@ def journal_entry(entry: ledger.JournalEntry) -> JournalEntryOut:
         used_delta=ledger.from_milli(entry.used_delta_milli),
         reserved_delta=ledger.from_milli(entry.reserved_delta_milli),
         limit_delta=ledger.from_milli(entry.limit_delta_milli),
-        shortfall=ledger.from_milli(entry.shortfall_milli),
+        shortfall=ledger.from_milli(entry.clamped_milli),
         timestamp=iso_utc(entry.timestamp_ms),
     )
 
@@ -264,5 +264,5 @@ def reconciliation(result: ledger.Reconciliation) -> ReconciliationOut:
         journal_reserved=ledger.from_milli(result.reserved_sum_milli),
         journal_limit=ledger.from_milli(result.limit_sum_milli),
         reservations_expired=result.expired,
-        tokens_clamped=ledger.from_milli(result.shortfall_milli),
+        tokens_clamped=ledger.from_milli(result.clamped_milli),
     )

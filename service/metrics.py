@@ -118,8 +118,8 @@ class Metrics:
         refund = reservation.granted_milli - settlement.charged_milli
         if refund > 0:
             self.tokens_refunded.inc(ledger.from_milli(refund))
-        if settlement.shortfall_milli:
-            self.tokens_clamped.inc(ledger.from_milli(settlement.shortfall_milli))
+        if settlement.clamped_milli:
+            self.tokens_clamped.inc(ledger.from_milli(settlement.clamped_milli))
 
     def completed(self, provider: str, completion: Completion) -> None:
         """Count what a settled reply's model did wrong, if anything (rare: labels looked up then)."""

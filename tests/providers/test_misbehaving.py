@@ -199,7 +199,7 @@ class TestTheHoldIsTheMostAnExchangeCosts:
         assert_settled(
             result, charged_milli=HOLD_MILLI, hold_milli=HOLD_MILLI, flags="ts", content=FIRST_FIVE
         )
-        assert result.clamped_milli == result.resolution.shortfall_milli == 199_999_000
+        assert result.clamped_milli == result.resolution.clamped_milli == 199_999_000
         assert await metric(api, "chatledger_tokens_clamped_total") == 199_999.0
 
     async def test_a_stream_that_ignores_max_tokens_is_cut_at_the_budget(self, upstream: Upstream) -> None:
