@@ -83,7 +83,7 @@ class Metrics:
             buckets=_REDIS_BUCKETS_S, registry=r,
         )  # fmt: skip
         # The labelled children each request touches, found once: `labels()` takes a lock and
-        # validates its values on every call (issue 6). A child is the same object for the metric's
+        # validates its values on every call. A child is the same object for the metric's
         # life, since nothing here removes labels; the keys are as bounded as the label values.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._script_children: dict[str, Any] = {}

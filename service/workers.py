@@ -1,4 +1,4 @@
-"""`chatledger serve`: one worker in this process, or N worker processes sharing one port (issue 5).
+"""`chatledger serve`: one worker in this process, or N worker processes sharing one port.
 
 Each worker is a whole server: its own event loop (uvloop when installed), its own Redis pool, its own
 listening socket. With `--workers N` the parent spawns N workers that each bind the port with
@@ -50,9 +50,8 @@ STOP_GRACE_S = 10.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # Allocations of container objects between two young-generation collections (CPython's default is 700).
 # Under load a worker's young objects are mostly those of the requests in flight, a few thousand that a
-# collection traverses only to keep: at 700 that ran every few dozen requests and took about 3% of a
-# worker's CPU; ten times rarer it is a tenth of that (issue 6). Reference cycles are rare here (a few
-# thousand objects per 100,000 requests), so they wait a little longer to be freed, and no more.
+# collection traverses only to keep, so at 700 it ran every few dozen requests for nothing. Reference
+# cycles are rare here, so they wait a little longer to be freed, and no more.
 GC_YOUNG_THRESHOLD = 7000
 
 
