@@ -122,9 +122,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             le=100_000,
         ),
     ] = 100
-    # Test and demo only: each message request waits this long before it is handled (service/delay.py).
+    # Test and demo only: each message a client sends, through the API or the widget, waits this long
+    # before it is handled (service/delay.py).
     message_delay_ms: Annotated[
-        int, _meta("test and demo only: each message request waits this long first", ge=0, le=600_000)
+        int,
+        _meta("test and demo only: each message sent (API or widget) waits this first", ge=0, le=600_000),
     ] = 0
     # No braces: every key of a chat carries one hash tag, which a brace in the prefix would break.
     key_prefix: Annotated[
