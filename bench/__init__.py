@@ -1,4 +1,4 @@
-"""Benchmarks of chatledger against baselines measured in the same run (issue 6).
+"""Benchmarks of chatledger against baselines measured in the same run.
 
 `python -m bench` starts its own redis-server on a free port, the service with the offline model and the
 baseline servers, drives them from 127.0.0.1, and prints one Markdown table where every figure stands

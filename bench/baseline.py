@@ -1,4 +1,4 @@
-"""The baseline server: a bare aiohttp handler doing one Redis EVALSHA per request (issue 6).
+"""The baseline server: a bare aiohttp handler doing one Redis EVALSHA per request.
 
 It is what any aiohttp service backed by Redis pays at least per request: HTTP parsing, one script call,
 a small JSON answer. It runs under the same event loop (uvloop) as chatledger's workers, and with one of

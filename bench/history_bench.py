@@ -1,4 +1,4 @@
-"""History pages of a huge chat against a small one, through the API (issue 6).
+"""History pages of a huge chat against a small one, through the API.
 
 The big chat's stream is filled directly in Redis by a Lua loop, with exactly the entry layout settle.lua
 writes (fields u, c, t, m, f; a question and a reply in turn): a million messages through the API would

@@ -1,5 +1,5 @@
 """The ledger alone: reserve+settle pairs per second through the Python client, against `redis-benchmark`
-running EVALSHA of a trivial script on the same Redis (issue 6).
+running EVALSHA of a trivial script on the same Redis.
 
 The pairs are what a message costs the ledger, with the service's own arguments: a context of up to 20
 messages and 4000 tokens (the defaults), a question and a reply of the offline model's length, on
@@ -37,7 +37,7 @@ class PairsResult(msgspec.Struct, frozen=True, kw_only=True):
     seconds: float
     # Redis's CPU time (user + system) during the timed pairs.
     redis_cpu_s: float
-    # This process's CPU time during them: the Python client's side of each pair (issue 6: the two
+    # This process's CPU time during them: the Python client's side of each pair (the two
     # sides share the machine's 2 CPUs, and both come near a CPU of their own).
     client_cpu_s: float
 

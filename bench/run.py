@@ -1,4 +1,4 @@
-"""`python -m bench`: one run, every figure against its baseline, one Markdown table (issue 6).
+"""`python -m bench`: one run, every figure against its baseline, one Markdown table.
 
 The run owns everything it measures: a redis-server on a free port of 127.0.0.1 (tests/redis_servers.py,
 never the machine's Redis on 6379), `chatledger serve` with the offline model (1, then 2 workers), the

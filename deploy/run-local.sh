@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run N chatledger workers behind HAProxy on this machine, without containers (issue 5).
+# Run N chatledger workers behind HAProxy on this machine, without containers.
 #
 #   REDIS_URL=redis://127.0.0.1:6380/0 deploy/run-local.sh [--workers N] [--port PORT]
 #       [--worker-ports P1,P2,...] [--run-dir DIR]

@@ -1,4 +1,4 @@
-"""POST /chats/messages/ as Server-Sent Events (api.md Part C, issue 3), framed by aiohttp-sse.
+"""POST /chats/messages/ as Server-Sent Events (api.md Part C), framed by aiohttp-sse.
 
 The response starts with the reply's first delta, not before: until then every failure (402, 404, a
 model that does not answer) is still a plain JSON error with its status. After it, the stream carries:

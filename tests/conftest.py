@@ -2,7 +2,7 @@
 
 `redis_client` runs each test body on three backends (style.md 16): the embedded fakeredis, a real
 `redis-server` that one session fixture spawns on a free port, and a real Redis Cluster of three primaries
-that another session fixture builds (issue 5). The real runs carry the `redis` and `cluster` marks, so they
+that another session fixture builds. The real runs carry the `redis` and `cluster` marks, so they
 can be selected or deselected, but never skipped silently.
 """
 

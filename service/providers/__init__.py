@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class Turn(Protocol):
     """An earlier message as a provider reads it. The ledger's StoredMessage is one, so the exchange
     hands the reservation's context over as it is instead of copying 20 messages into new objects
-    for every message (issue 6: about 3% of a worker's instructions)."""
+    for every message."""
 
     @property
     def is_user(self) -> bool: ...

@@ -34,7 +34,7 @@ NOT_AN_LLM = "(chatledger offline model, not an LLM)"
 
 
 # Texts up to this long have their counts remembered (at most _COUNTS_CACHED of them): every message
-# re-counts the chat's recent history, which is the same few texts again and again (issue 6). Longer
+# re-counts the chat's recent history, which is the same few texts again and again. Longer
 # texts are rare, and counting them costs far more than hashing them.
 _COUNTS_CACHED = 2048
 _COUNT_CACHED_CHARS_MAX = 1024
@@ -65,15 +65,14 @@ class OfflineModel:
     def _prompt_tokens(self, request: CompletionRequest) -> int:
         """`estimate_prompt_tokens` by this model's counter. When every text is short enough to be
         remembered, each is counted by one C call into the cache instead of a Python call of
-        `count_tokens`: a prompt holds the context's 20 texts, and those calls were about 3% of a
-        message's worker instructions (issue 6)."""
+        `count_tokens`: a prompt holds the context's 20 texts, counted again for every message."""
         texts = prompt_texts(request)
         counter = _cached_count if max(map(len, texts)) <= _COUNT_CACHED_CHARS_MAX else self.count_tokens
         return sum(map(counter, texts))
 
     async def complete(self, request: CompletionRequest) -> Completion:
         """The reply cut after its last token that fits max_tokens, as `_reply_tokens` cuts it, from
-        counts alone: no match objects unless the reply is cut (issue 6)."""
+        counts alone: no match objects unless the reply is cut."""
         reply = self.reply_text(request)
         total = self.count_tokens(reply)
         kept = min(total, max(request.max_tokens, 0))

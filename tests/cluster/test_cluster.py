@@ -2,7 +2,7 @@
 
 The suites of tests/integration and tests/http run on the cluster as well (the `redis-cluster` backend of
 tests/conftest.py); these tests are about what only a cluster has: several primaries, slots, and the
-MOVED and ASK redirections of a slot that changes hands (issue 5, design.md section 3).
+MOVED and ASK redirections of a slot that changes hands (design.md section 3).
 """
 
 from __future__ import annotations

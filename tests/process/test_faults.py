@@ -1,4 +1,4 @@
-"""Never overspend, never double-charge, under faults (issue 4): real `chatledger serve` worker
+"""Never overspend, never double-charge, under faults: real `chatledger serve` worker
 processes, a real redis-server, and a fake OpenAI-compatible upstream in this test process that counts
 every model call and can hold one open.
 

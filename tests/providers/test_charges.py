@@ -1,4 +1,4 @@
-"""What the `openai` provider's exchanges charge, through the app, on the fake upstream (issue 3).
+"""What the `openai` provider's exchanges charge, through the app, on the fake upstream.
 
 Every figure is exact. The config weighs prompt tokens 1.5 and reply tokens 2.0; the system prompt
 "You are terse." and the message "Tell me about foxes" are 4 tokens each by the service's estimator

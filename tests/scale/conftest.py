@@ -1,5 +1,5 @@
 """Real processes for the scale-out tests: `chatledger serve --workers N`, and deploy/run-local.sh (workers
-behind HAProxy), on free ports of 127.0.0.1, against the Redis the session fixtures spawned (issue 5).
+behind HAProxy), on free ports of 127.0.0.1, against the Redis the session fixtures spawned.
 
 Each process writes its log to a file of the test's temporary directory; the tests wait for the events
 they need in that file (bounded), never for a fixed time. Every process started here is stopped by its

@@ -1,4 +1,4 @@
-"""The deploy files agree with the code and with each other (issue 5).
+"""The deploy files agree with the code and with each other.
 
 The image, compose.yaml and the Kubernetes manifests cannot be run on the development machine (no Docker
 engine, no Kubernetes; deploy/README.md), so what can be checked is checked here: every setting they name

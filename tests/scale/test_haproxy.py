@@ -1,5 +1,5 @@
 """Three workers behind a real HAProxy (deploy/run-local.sh): 1,000 concurrent messages to 20 chats with
-tight budgets, on a single Redis and on a Redis Cluster (issue 5).
+tight budgets, on a single Redis and on a Redis Cluster.
 
 Whatever worker each message lands on, and however the reservations interleave, no chat may spend past
 its limit, every 200's charge must be in token_used exactly once, and each success must be in the history

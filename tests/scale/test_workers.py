@@ -1,4 +1,4 @@
-"""`chatledger serve --workers N`: N processes on one port, supervised, stopped gracefully (issue 5).
+"""`chatledger serve --workers N`: N processes on one port, supervised, stopped gracefully.
 
 Message requests are held in flight with CHATLEDGER_MESSAGE_DELAY_MS (service/delay.py): the test waits
 for the `message_delayed` events of every request it sent, then signals the server, so each request is
