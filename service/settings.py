@@ -122,6 +122,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             le=100_000,
         ),
     ] = 100
+    # Model calls one config may have running at once on a worker, unless its config sets
+    # `model_calls_max`; past it, an immediate 429 `model_calls_exceeded` (service/model_calls.py). Below
+    # max_in_flight, so that a config that holds its whole share leaves the worker to the others.
+    model_calls_per_config: Annotated[
+        int,
+        _meta("model calls one config may have running at once per worker; more get 429", ge=1, le=100_000),
+    ] = 32
     # Test and demo only: each message a client sends, through the API or the widget, waits this long
     # before it is handled (service/delay.py).
     message_delay_ms: Annotated[

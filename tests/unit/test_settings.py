@@ -43,6 +43,7 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "header_timeout_s": ["0", "301", "inf"],
     "keepalive_timeout_s": ["0", "3601"],
     "max_in_flight": ["0", "100001", "many"],
+    "model_calls_per_config": ["0", "100001", "1.5"],
     "message_delay_ms": ["-1", "600001"],
     "key_prefix": ["a{b}", "k" * 33, "has space"],
     "log_format": ["xml"],
