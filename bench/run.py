@@ -30,7 +30,7 @@ import aiohttp
 import msgspec
 
 import ledger
-from bench import history_bench, ledger_bench, load, overload, redis_stats
+from bench import fairness, history_bench, ledger_bench, load, overload, redis_stats
 from bench.baseline import TRIVIAL_SCRIPT
 from bench.processes import BenchError, Children, start_baseline, start_service
 from bench.table import Row, render
@@ -55,6 +55,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     ledger_concurrency: int = 64
     ledger_pairs_max: int = 1_000_000
     benchmark_requests: int = 500_000
+    fairness_samples: int = 100
     generator: str = "auto"
     # Only the smoke run's count bound matters for the aiohttp generator; wrk is bounded by time.
     requests_max: int = 10_000_000
@@ -74,6 +75,7 @@ SMOKE = Options(
     ledger_concurrency=4,
     ledger_pairs_max=200,
     benchmark_requests=2_000,
+    fairness_samples=5,
     requests_max=2_000,
 )
 
@@ -140,6 +142,7 @@ class Bench:
             children, client, server.url, api_key, chats,
             seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
         )  # fmt: skip
+        self.rows += await fairness.rows(children, client, server.url, samples=o.fairness_samples)
         self.rows.sort(key=lambda row: row.order)
         await self._ledger(server)
 

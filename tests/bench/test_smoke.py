@@ -30,6 +30,7 @@ ROWS = [
     "Redis memory per message sent through the API",
     "Redis memory per message, history stream alone",
     "Ledger alone: reserve+settle pairs/s",
+    "Fairness, 1 worker, share 32:",
 ]
 
 
