@@ -202,7 +202,7 @@ async def _key_revoke(stores: Stores, args: argparse.Namespace) -> int:
 
 
 async def _chat_show(stores: Stores, args: argparse.Namespace) -> int:
-    _print_json(admin_chat(await stores.ledger.get_chat(None, _chat_id(args.chat_id))))
+    _print_json(admin_chat(await stores.ledger.inspect_chat(_chat_id(args.chat_id))))
     return 0
 
 
