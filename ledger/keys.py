@@ -79,6 +79,11 @@ class Keyspace:
             raise ValueError("an idempotency key is stored by its hex SHA-256 digest")
         return f"{self.chat_tag(chat_id)}:idem:{key_digest}"
 
+    def chat_idempotency_index(self, chat_id: str) -> str:
+        """Sorted set: the digests of this chat's idempotency records, scored by when the record is gone
+        for sure (server ms), so an erasure finds every record without a SCAN."""
+        return f"{self.chat_tag(chat_id)}:idk"
+
     def chat_keys(self, chat_id: str) -> list[str]:
         """The keys of the exchange scripts (reserve, settle, void), in their KEYS order: a new list
         the caller may extend. Remembered per chat, since a message's reserve and settle both need them;
@@ -106,6 +111,11 @@ class Keyspace:
     def config_live_chats(self, config_id: str) -> str:
         """Sorted set: the config's chats that are not deleted, scored like config_chats."""
         return f"{self.config_tag(config_id)}:live"
+
+    def config_deleted_chats(self, config_id: str) -> str:
+        """Sorted set: the config's soft-deleted chats scored by their deletion time in ms, which the
+        retention pass reads oldest first."""
+        return f"{self.config_tag(config_id)}:deleted"
 
     def config_api_keys(self, config_id: str) -> str:
         """Hash: key id -> key description (prefix, creation time, digest); never the key itself."""

@@ -17,7 +17,13 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from ledger.connection import RedisClient, multiplexer_of
-from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK, HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
+from ledger.limits import (
+    CONTEXT_TOKENS_KEPT,
+    CONTEXT_TOKENS_SLACK,
+    ERASE_RECORDS_MAX,
+    HISTORY_SKIP_CHUNK,
+    REAP_BATCH_MAX,
+)
 from ledger.multiplex import Command
 
 SCRIPT_NAMES = (
@@ -31,6 +37,7 @@ SCRIPT_NAMES = (
     "inspect_chat",
     "history",
     "rate_limit",
+    "erase_chat",
 )
 
 
@@ -57,6 +64,7 @@ def script_source(name: str) -> str:
         f"local REAP_BATCH_MAX = {REAP_BATCH_MAX}\nlocal HISTORY_SKIP_CHUNK = {HISTORY_SKIP_CHUNK}\n"
         f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
         f"local CONTEXT_TOKENS_SLACK = {CONTEXT_TOKENS_SLACK}\n"
+        f"local ERASE_RECORDS_MAX = {ERASE_RECORDS_MAX}\n"
     ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)
 
@@ -84,6 +92,7 @@ class Scripts:
         self.inspect_chat: AsyncScript = redis.register_script(_SOURCES["inspect_chat"])
         self.history: AsyncScript = redis.register_script(_SOURCES["history"])
         self.rate_limit: AsyncScript = redis.register_script(_SOURCES["rate_limit"])
+        self.erase_chat: AsyncScript = redis.register_script(_SOURCES["erase_chat"])
 
     async def call(
         self, name: str, *, keys: Sequence[str], args: Sequence[str | bytes | int | float] = ()

@@ -217,6 +217,12 @@ class Done(msgspec.Struct):
     done: bool
 
 
+class EraseQuery(msgspec.Struct, frozen=True):
+    """Without `erase` a DELETE is the soft delete; with it every record goes and nothing can restore it."""
+
+    erase: bool = False
+
+
 # AdminConfig's fields that the record holds under the same name and as they are shown.
 _AS_STORED = [name for name in AdminConfig.__struct_fields__ if name in ledger.ConfigRecord.__struct_fields__]
 

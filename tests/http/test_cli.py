@@ -155,3 +155,26 @@ async def _chat_with_exchange(server: RedisServer, config_id: str) -> str:
         return chat.chat_id
     finally:
         await client.aclose()
+
+
+@pytest.mark.redis
+class TestEraseCommands:
+    def test_chat_erase_and_config_erase(
+        self, redis_env: RedisServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`chat erase` removes one chat for good (a second run is 1, not found); `config erase` removes
+        the config and its other chats, and says how many."""
+        assert main(["config", "create", "--agent-name", "Bot", "--company-name", "Acme"]) == 0
+        config_id = re.search(r"config_id: (\S+)", capsys.readouterr().out)
+        assert config_id
+        erased = asyncio.run(_chat_with_exchange(redis_env, config_id[1]))
+        others = [asyncio.run(_chat_with_exchange(redis_env, config_id[1])) for _ in range(2)]
+        assert main(["chat", "erase", erased]) == 0
+        assert f"erased chat {erased}" in capsys.readouterr().err
+        assert main(["chat", "show", erased]) == 1
+        assert main(["chat", "erase", erased]) == 1
+        assert main(["config", "erase", config_id[1]]) == 0
+        assert f"and {len(others)} chats" in capsys.readouterr().err
+        for chat_id in others:
+            assert main(["chat", "show", chat_id]) == 1
+        assert main(["config", "erase", config_id[1]]) == 1
