@@ -20,7 +20,7 @@ from service.model_calls import ModelCalls
 from tests.http.conftest import Api, new_tenant
 from tests.http.served import until
 from tests.providers.fake_openai import Behavior, FakeOpenAI
-from tests.providers.upstream import CONTENT, KEYS, Upstream, send
+from tests.providers.upstream import CONTENT, KEYS, PATIENT_S, Upstream, send
 
 pytestmark = pytest.mark.redis
 
@@ -110,3 +110,36 @@ class TestTheTable:
         with calls.call(config):
             assert calls.running == {"c": 1}
         assert calls.running == {}
+
+
+class TestThePool:
+    async def test_a_call_that_finds_the_pool_full_fails_after_its_bounded_wait(
+        self, upstream: Upstream
+    ) -> None:
+        """With 2 connections to the model server, both held by A's hanging calls, B's call waits at
+        most the pool wait plus the connect timeout, then fails as the model not answering (504, no
+        charge) instead of waiting for its exchange's deadline; A's calls end well once released."""
+        settings = upstream.settings(
+            openai_pool_size=2,
+            openai_pool_wait_s=0.2,
+            openai_connect_timeout_s=0.2,
+            openai_max_retries=0,
+            openai_read_timeout_s=PATIENT_S,
+            openai_total_timeout_s=2 * PATIENT_S,
+        )
+        api_a, _config_a = await upstream.api(settings=settings)
+        _config_b, key_b = await new_tenant(upstream.tenants)
+        api_b = Api(api_a.client, key_b)
+        upstream.fake.plan(*[Behavior(hang=True)] * 2)
+        calls = [asyncio.create_task(send(api_a, await _new_chat(api_a), stream=False)) for _ in range(2)]
+        await until(lambda: len(upstream.fake.requests) == 2)
+
+        chat_b = await _new_chat(api_b)
+        status, body, _events = await send(api_b, chat_b, stream=False)
+        assert (status, body["code"]) == (504, "upstream_timeout")
+        assert len(upstream.fake.requests) == 2  # B's call never reached the model
+        meta = await upstream.meta(chat_b)
+        assert (meta["used"], meta["reserved"]) == ("0", "0")
+
+        upstream.fake.release.set()
+        assert [(await call)[0] for call in calls] == [200, 200]

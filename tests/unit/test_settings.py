@@ -55,6 +55,8 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "openai_api_key": ["sk x", "k" * 4097],
     "openai_model": ["gpt 4", "m" * 257],
     "openai_connect_timeout_s": ["0", "301"],
+    "openai_pool_size": ["0", "10001", "many"],
+    "openai_pool_wait_s": ["0", "61", "soon"],
     "openai_read_timeout_s": ["0", "3601"],
     "openai_total_timeout_s": ["0", "3601"],
     "openai_max_retries": ["-1", "11"],
