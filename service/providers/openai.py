@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from typing import Any, Final, Literal
 
 import aiohttp
@@ -247,38 +246,38 @@ class OpenAIProvider:
 
     async def _stream_events(
         self, response: aiohttp.ClientResponse, deadline: float
-    ) -> AsyncGenerator[str | StreamEnd, None]:
-        """Deltas of choice 0, then one StreamEnd. The response is closed however this ends, which is
-        what cancels the generation upstream when the caller stops early."""
-        finish: str | None = None
-        usage: Usage | Literal["rejected"] | None = None
-        done = False
+    ) -> AsyncGenerator[list[str] | StreamEnd, None]:
+        """Deltas of choice 0, those of one network read in one list, then one StreamEnd. The response
+        is closed however this ends, which is what cancels the generation upstream when the caller
+        stops early."""
+        state = _StreamState()
+        events = _SseEvents()
         try:
-            async with aclosing(_sse_data(response, deadline)) as events:
-                async for data in events:
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    chunk = _decode_chunk(data)
-                    usage = _usage_of(chunk.usage) or usage
-                    for choice in chunk.choices or ():
-                        if choice.index != 0:
-                            continue
-                        if choice.delta is not None and choice.delta.content:
-                            yield choice.delta.content
-                        finish = choice.finish_reason or finish
-            if not done and finish is None:
+            while not state.done:
+                raw = await _read_some(response, deadline)
+                deltas: list[str] = []
+                try:
+                    state.read(events.feed(raw) if raw else events.close(), deltas)
+                except ProviderError:
+                    if deltas:  # what came before the failure in the same read is the client's
+                        yield deltas
+                    raise
+                if deltas:
+                    yield deltas
+                if not raw:
+                    break
+            if not state.done and state.finish is None:
                 raise ProviderError("The model's stream was cut before the reply was complete.")
         finally:
             # Fully read: back to the pool. Anything else: drop the connection, so the upstream stops.
-            if done:
+            if state.done:
                 response.release()
             else:
                 response.close()
         yield StreamEnd(
-            truncated=finish == "length",
-            usage=usage if isinstance(usage, Usage) else None,
-            usage_rejected=usage is _REJECTED,
+            truncated=state.finish == "length",
+            usage=state.usage if isinstance(state.usage, Usage) else None,
+            usage_rejected=state.usage is _REJECTED,
         )
 
     # --- the request ---------------------------------------------------------------------------------
@@ -362,35 +361,73 @@ def _decode_chunk(data: str) -> _Chunk:
     return chunk
 
 
-async def _sse_data(response: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[str, None]:
-    """The `data` of each Server-Sent Event (multi-line data joined), comments and other fields skipped."""
-    data: list[str] = []
-    while True:
-        line = await _read_line(response, deadline)
-        if line is None or not line.strip("\r\n"):
-            if data:
-                yield "\n".join(data)
-                data = []
-            if line is None:
+class _StreamState:
+    """What a stream said so far besides its text: how it finished, its usage, whether it is done."""
+
+    def __init__(self) -> None:
+        self.finish: str | None = None
+        self.usage: Usage | Literal["rejected"] | None = None
+        self.done = False
+
+    def read(self, events: Iterable[str], deltas: list[str]) -> None:
+        """Take in `events` (each one's `data`), appending choice 0's text to `deltas`, up to [DONE]."""
+        for data in events:
+            if data == "[DONE]":
+                self.done = True
                 return
-            continue
-        field, _, value = line.rstrip("\r\n").partition(":")
-        if field == "data":
-            data.append(value.removeprefix(" "))
+            chunk = _decode_chunk(data)
+            self.usage = _usage_of(chunk.usage) or self.usage
+            for choice in chunk.choices or ():
+                if choice.index != 0:
+                    continue
+                if choice.delta is not None and choice.delta.content:
+                    deltas.append(choice.delta.content)
+                self.finish = choice.finish_reason or self.finish
 
 
-async def _read_line(response: aiohttp.ClientResponse, deadline: float) -> str | None:
-    """One line of the body, None at its end; a stall past the read timeout or the deadline raises."""
+class _SseEvents:
+    """Server-Sent Events parsed as their bytes arrive: the `data` of each event (multi-line data
+    joined), comments and other fields skipped. Fed whatever one read returned, it answers every event
+    that read completed, so a burst of chunks costs one pass, not a wait per line."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._data: list[str] = []
+
+    def feed(self, raw: bytes) -> Iterator[str]:
+        lines = (self._rest + raw).split(b"\n")
+        self._rest = lines.pop()
+        return self._events(lines)
+
+    def close(self) -> Iterator[str]:
+        """The body ended: its last line counts even without a newline, and ends its event."""
+        lines, self._rest = [self._rest, b""], b""
+        return self._events(lines)
+
+    def _events(self, lines: list[bytes]) -> Iterator[str]:
+        """Lazily, so an event after a broken one is not read before the broken one is reported."""
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if not line:
+                if self._data:
+                    yield "\n".join(self._data)
+                    self._data = []
+                continue
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                try:
+                    self._data.append(value.removeprefix(b" ").decode())
+                except UnicodeDecodeError as exc:
+                    raise ProviderError("The model's stream was not UTF-8.") from exc
+
+
+async def _read_some(response: aiohttp.ClientResponse, deadline: float) -> bytes:
+    """What the body has for us now (waiting for at least a byte), b"" at its end; a stall past the
+    read timeout or the deadline raises."""
     try:
         async with asyncio.timeout_at(deadline):
-            raw = await response.content.readline()
+            return await response.content.readany()
     except TimeoutError as exc:
         raise ProviderTimeout("The model stopped sending its reply.") from exc
     except (aiohttp.ClientError, ValueError) as exc:
         raise ProviderError("The model's stream was cut before the reply was complete.") from exc
-    if not raw:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError as exc:
-        raise ProviderError("The model's stream was not UTF-8.") from exc
