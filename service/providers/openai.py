@@ -2,9 +2,10 @@
 
 OpenAI, vLLM, Ollama, the llama.cpp server and LiteLLM all serve `POST {base_url}/chat/completions` with
 the same body and the same answers: one JSON object, or Server-Sent Events of `chat.completion.chunk`
-objects ending with `data: [DONE]`. This module speaks that wire format with the process's one pooled
-aiohttp session (style.md 9), sends the hold's reply budget as `max_tokens` so the model cannot spend
-past what the chat can pay, and asks for `usage` in streams (`stream_options.include_usage`).
+objects ending with `data: [DONE]`. This module speaks that wire format with the process's one pool
+of keep-alive connections (service/providers/http.py), sends the hold's reply budget as `max_tokens`
+so the model cannot spend past what the chat can pay, and asks for `usage` in streams
+(`stream_options.include_usage`).
 
 Failures before the first byte of a 200 answer (connect errors, timeouts, 408/409/429/5xx) are retried
 a bounded number of times with a doubling backoff; after the first byte nothing is retried, because the
@@ -22,7 +23,6 @@ import re
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from typing import Any, Final, Literal
 
-import aiohttp
 import msgspec
 import structlog
 
@@ -38,6 +38,7 @@ from service.providers import (
     cut_to_budget,
     estimate_prompt_tokens,
 )
+from service.providers.http import HttpPool, Response
 from service.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
@@ -154,17 +155,14 @@ class OpenAIProvider:
         self._total_timeout_s = total_timeout_s
         self._max_retries = max_retries
         self._retry_backoff_s = retry_backoff_s
-        headers = {"User-Agent": f"chatledger/{service.__version__}"}
+        headers = {"User-Agent": f"chatledger/{service.__version__}", "Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        # One pooled session per process: connections to the upstream are reused across requests.
-        # sock_read bounds every wait for bytes, the first one included; the total is enforced per
+        # One pool per process: connections to the upstream are reused across requests. The read
+        # timeout bounds every wait for bytes, the first one included; the total is enforced per
         # exchange (across retries and the whole stream), not per HTTP request.
-        self._session = aiohttp.ClientSession(
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
-            ),
+        self._pool = HttpPool(
+            self.url, headers, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s
         )
 
     @classmethod
@@ -186,18 +184,17 @@ class OpenAIProvider:
         return estimate_tokens(text)
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._pool.close()
 
     # --- whole replies -------------------------------------------------------------------------------
     async def complete(self, request: CompletionRequest) -> Completion:
         deadline = self._deadline()
         response = await self._post(self.body(request, stream=False), stream=False, deadline=deadline)
         try:
-            async with asyncio.timeout_at(deadline):
-                raw = await response.read()
+            raw = await response.read(deadline)
         except TimeoutError as exc:
             raise ProviderTimeout("The model did not finish its answer in time.") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise ProviderError("The model's answer was cut off.") from exc
         finally:
             response.release()
@@ -245,7 +242,7 @@ class OpenAIProvider:
         return ReplyStream(request, self._stream_events(response, deadline), self.count_tokens)
 
     async def _stream_events(
-        self, response: aiohttp.ClientResponse, deadline: float
+        self, response: Response, deadline: float
     ) -> AsyncGenerator[list[str] | StreamEnd, None]:
         """Deltas of choice 0, those of one network read in one list, then one StreamEnd. The response
         is closed however this ends, which is what cancels the generation upstream when the caller
@@ -305,7 +302,7 @@ class OpenAIProvider:
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self._total_timeout_s
 
-    async def _post(self, body: bytes, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
+    async def _post(self, body: bytes, *, stream: bool, deadline: float) -> Response:
         """The upstream's 200 answer, its body not yet read; retried only up to here."""
         attempt = 0
         while True:
@@ -320,18 +317,14 @@ class OpenAIProvider:
                 log.warning("upstream_retry", attempt=attempt, reason=str(retry.failure), delay_s=delay_s)
                 await asyncio.sleep(delay_s)
 
-    async def _post_once(self, body: bytes, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-        }
+    async def _post_once(self, body: bytes, *, stream: bool, deadline: float) -> Response:
+        accept = "text/event-stream" if stream else "application/json"
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._session.post(self.url, data=body, headers=headers)
-        # aiohttp's own timeouts are TimeoutErrors too, and ClientErrors: this clause must come first.
+            response = await self._pool.post(body, accept=accept, deadline=deadline)
+        # The pool's timeouts are TimeoutErrors, which are OSErrors too: this clause must come first.
         except TimeoutError as exc:
             raise _Retry(ProviderTimeout("The model did not answer in time.")) from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise _Retry(ProviderError(f"Could not reach the model ({type(exc).__name__}).")) from exc
         if response.status == 200:
             return response
@@ -344,9 +337,9 @@ class OpenAIProvider:
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float:
-    """The upstream's Retry-After in seconds (only the number form), or 0."""
+    """The upstream's Retry-After in seconds (only the number form), or 0; `headers` names lowercased."""
     try:
-        return max(float(headers.get("Retry-After", "0")), 0.0)
+        return max(float(headers.get("retry-after", "0")), 0.0)
     except ValueError:
         return 0.0
 
@@ -421,13 +414,12 @@ class _SseEvents:
                     raise ProviderError("The model's stream was not UTF-8.") from exc
 
 
-async def _read_some(response: aiohttp.ClientResponse, deadline: float) -> bytes:
+async def _read_some(response: Response, deadline: float) -> bytes:
     """What the body has for us now (waiting for at least a byte), b"" at its end; a stall past the
     read timeout or the deadline raises."""
     try:
-        async with asyncio.timeout_at(deadline):
-            return await response.content.readany()
+        return await response.read_some(deadline)
     except TimeoutError as exc:
         raise ProviderTimeout("The model stopped sending its reply.") from exc
-    except (aiohttp.ClientError, ValueError) as exc:
+    except OSError as exc:
         raise ProviderError("The model's stream was cut before the reply was complete.") from exc
