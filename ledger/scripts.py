@@ -17,7 +17,13 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from ledger.connection import RedisClient, multiplexer_of
-from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK, HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
+from ledger.limits import (
+    CONTEXT_TOKENS_KEPT,
+    CONTEXT_TOKENS_SLACK,
+    HISTORY_SKIP_CHUNK,
+    HOLD_REPLY_FLOOR_TOKENS,
+    REAP_BATCH_MAX,
+)
 from ledger.multiplex import Command
 
 SCRIPT_NAMES = (
@@ -57,6 +63,7 @@ def script_source(name: str) -> str:
         f"local REAP_BATCH_MAX = {REAP_BATCH_MAX}\nlocal HISTORY_SKIP_CHUNK = {HISTORY_SKIP_CHUNK}\n"
         f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
         f"local CONTEXT_TOKENS_SLACK = {CONTEXT_TOKENS_SLACK}\n"
+        f"local HOLD_REPLY_FLOOR_TOKENS = {HOLD_REPLY_FLOOR_TOKENS}\n"
     ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)
 

@@ -39,6 +39,7 @@ CALLS: dict[str, Callable[[Ledger], Awaitable[object]]] = {
     "top_up": lambda book: book.top_up(CONFIG.config_id, CHAT, 1000),
     "delete_chat": lambda book: book.delete_chat(CONFIG.config_id, CHAT),
     "restore_chat": lambda book: book.restore_chat(CHAT),
+    "inspect_chat": lambda book: book.inspect_chat(CHAT),
     "list_chats": lambda book: book.list_chats(CONFIG.config_id, offset=0, limit=10),
     "read_journal": lambda book: book.read_journal(CHAT),
     "reconcile": lambda book: book.reconcile(CHAT),

@@ -44,6 +44,7 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "keepalive_timeout_s": ["0", "3601"],
     "max_in_flight": ["0", "100001", "many"],
     "message_delay_ms": ["-1", "600001"],
+    "hold_shares": ["0", "65", "half"],
     "key_prefix": ["a{b}", "k" * 33, "has space"],
     "log_format": ["xml"],
     "log_level": ["verbose"],
