@@ -25,6 +25,7 @@ from ledger.errors import (
     ReservationError,
     ReservationExpired,
     ReservationNotFound,
+    TokensHeld,
 )
 from ledger.history import HistoryQuery, parse_message_id
 from ledger.idempotency import IdempotencyKey
@@ -85,6 +86,7 @@ __all__ = [
     "Settlement",
     "StoredMessage",
     "TenantStore",
+    "TokensHeld",
     "connect",
     "connect_cluster",
     "embedded_redis",

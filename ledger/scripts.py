@@ -22,6 +22,7 @@ from ledger.limits import (
     CONTEXT_TOKENS_SLACK,
     ERASE_RECORDS_MAX,
     HISTORY_SKIP_CHUNK,
+    HOLD_REPLY_FLOOR_TOKENS,
     REAP_BATCH_MAX,
 )
 from ledger.multiplex import Command
@@ -65,6 +66,7 @@ def script_source(name: str) -> str:
         f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
         f"local CONTEXT_TOKENS_SLACK = {CONTEXT_TOKENS_SLACK}\n"
         f"local ERASE_RECORDS_MAX = {ERASE_RECORDS_MAX}\n"
+        f"local HOLD_REPLY_FLOOR_TOKENS = {HOLD_REPLY_FLOOR_TOKENS}\n"
     ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)
 

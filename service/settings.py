@@ -241,6 +241,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         _meta("a hold's deadline in seconds; above openai_total_timeout_s with `openai`", ge=1, le=7200),
     ] = 120
+    # A hold's reply part is at most this share of the reply tokens a chat has free (LedgerLimits), so
+    # concurrent messages of a chat with a small budget hold at once instead of one after the other.
+    hold_shares: Annotated[
+        int,
+        _meta("a hold takes at most 1/N of a chat's free reply tokens (1: all of them)", ge=1, le=64),
+    ] = 4
     # How long a worker trusts a resolved API key: the bound on how late a revocation takes effect.
     auth_cache_ttl_s: Annotated[
         float,
@@ -307,7 +313,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.redis_url is None and self.redis_cluster_url is None
 
     def ledger_limits(self) -> LedgerLimits:
-        return LedgerLimits(reservation_ttl_ms=self.reservation_ttl_s * 1000)
+        return LedgerLimits(reservation_ttl_ms=self.reservation_ttl_s * 1000, hold_shares=self.hold_shares)
 
     @property
     def api_prefix(self) -> str:

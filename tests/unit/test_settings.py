@@ -45,6 +45,7 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "max_in_flight": ["0", "100001", "many"],
     "model_calls_per_config": ["0", "100001", "1.5"],
     "message_delay_ms": ["-1", "600001"],
+    "hold_shares": ["0", "65", "half"],
     "key_prefix": ["a{b}", "k" * 33, "has space"],
     "log_format": ["xml"],
     "log_level": ["verbose"],
