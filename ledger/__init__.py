@@ -6,7 +6,15 @@
 from __future__ import annotations
 
 from ledger.amounts import from_milli, to_milli, weight_milli
-from ledger.connection import RedisClient, connect, connect_cluster, embedded_redis
+from ledger.connection import (
+    RedisClient,
+    SentinelTarget,
+    connect,
+    connect_cluster,
+    connect_sentinel,
+    embedded_redis,
+)
+from ledger.durable import Durability
 from ledger.errors import (
     ChatDeleted,
     ChatNotDeleted,
@@ -20,6 +28,7 @@ from ledger.errors import (
     LedgerError,
     LedgerUnavailable,
     LimitTooLarge,
+    NotReplicated,
     ReservationAlreadySettled,
     ReservationAlreadyVoided,
     ReservationError,
@@ -58,6 +67,7 @@ __all__ = [
     "ConfigNotFound",
     "ConfigRecord",
     "DuplicateInFlight",
+    "Durability",
     "ExchangeReplayed",
     "HistoryPage",
     "HistoryQuery",
@@ -74,6 +84,7 @@ __all__ = [
     "LedgerLimits",
     "LedgerUnavailable",
     "LimitTooLarge",
+    "NotReplicated",
     "Reconciliation",
     "RedisClient",
     "Reservation",
@@ -82,11 +93,13 @@ __all__ = [
     "ReservationError",
     "ReservationExpired",
     "ReservationNotFound",
+    "SentinelTarget",
     "Settlement",
     "StoredMessage",
     "TenantStore",
     "connect",
     "connect_cluster",
+    "connect_sentinel",
     "embedded_redis",
     "from_milli",
     "normalize_uuid",
