@@ -28,13 +28,16 @@ START_TIMEOUT_S = 20.0
 
 
 class LinkProxy:
-    """Forwards one port to another on its own thread and event loop; `cut()` drops what the upstream
-    (the primary) sends, so the replica behind it falls behind while staying connected."""
+    """Forwards one port to another on its own thread and event loop. `cut()` holds back what the
+    upstream (the primary) sends, so the replica behind it falls behind while staying connected, as
+    behind a partition; `heal()` delivers what was held back, and forwarding goes on."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.port = free_port()
         self.cut_off = False
+        self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
+        self._writers: list[asyncio.StreamWriter] = []
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._server: asyncio.Server | None = None
@@ -44,12 +47,36 @@ class LinkProxy:
             raise RedisServerError("the link proxy did not start")
 
     def cut(self) -> None:
-        self.cut_off = True
+        self._loop.call_soon_threadsafe(setattr, self, "cut_off", True)
+
+    def heal(self) -> None:
+        done = threading.Event()
+
+        def deliver() -> None:
+            self.cut_off = False
+            for writer, data in self._held:
+                if not writer.is_closing():
+                    writer.write(data)
+            self._held.clear()
+            done.set()
+
+        self._loop.call_soon_threadsafe(deliver)
+        done.wait(5)
 
     def close(self) -> None:
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+            self._thread.join(5)
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        # Aborted transports end every pipe, and with them every connection's task, on their own.
+        for writer in self._writers:
+            writer.transport.abort()
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        await asyncio.wait(tasks, timeout=5) if tasks else None
+        self._loop.stop()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -58,6 +85,7 @@ class LinkProxy:
         )
         self._ready.set()
         self._loop.run_forever()
+        self._loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -65,9 +93,15 @@ class LinkProxy:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(
-            self._pipe(reader, up_writer, downstream=False), self._pipe(up_reader, writer, downstream=True)
-        )
+        self._writers += [writer, up_writer]
+        try:
+            await asyncio.gather(
+                self._pipe(reader, up_writer, downstream=False),
+                self._pipe(up_reader, writer, downstream=True),
+            )
+        finally:
+            writer.close()
+            up_writer.close()
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, downstream: bool
@@ -75,13 +109,15 @@ class LinkProxy:
         try:
             while data := await reader.read(65536):
                 if downstream and self.cut_off:
-                    continue  # the partition: the primary's stream goes nowhere
+                    self._held.append((writer, data))  # the partition: held until healed, if ever
+                    continue
                 writer.write(data)
                 await writer.drain()
         except OSError:
             pass
         finally:
             writer.close()
+            await asyncio.sleep(0)  # lets the transport finish closing before the loop may stop
 
 
 class SentinelProcess:
@@ -96,7 +132,9 @@ class SentinelProcess:
             f"logfile {self.directory / 'sentinel.log'}\n"
             f"sentinel monitor {SERVICE} 127.0.0.1 {primary_port} 2\n"
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
-            f"sentinel failover-timeout {SERVICE} 4000\n"
+            # Long: after this long, a sentinel points a replica that replicates from another address
+            # (the proxy) at the primary itself, which would bypass the cut.
+            f"sentinel failover-timeout {SERVICE} 120000\n"
             f"sentinel parallel-syncs {SERVICE} 2\n"
         )
         self._process = subprocess.Popen(
@@ -148,6 +186,15 @@ class SentinelTopology:
         # Each sentinel must know the replicas before the primary dies, or it has nothing to promote.
         self._wait(self._sentinels_see_replicas)
 
+    def wait_replicated(self) -> None:
+        """Return once every replica has everything the primary wrote (its link must not be cut)."""
+
+        def caught_up() -> bool:
+            offset = _info(self.primary.port).get("master_repl_offset")
+            return all(_info(r.port).get("slave_repl_offset") == offset for r in self.replicas)
+
+        self._wait(caught_up)
+
     def kill_primary(self) -> int:
         """SIGKILL the primary (no shutdown, nothing flushed); returns the port it had."""
         process = self.primary._process
@@ -168,6 +215,10 @@ class SentinelTopology:
 
         self._wait(promoted, timeout_s=30.0)
         return next(a for a in (s.primary() for s in self.sentinels) if a and a[1] != old_port)
+
+    def wait_role(self, port: int, role: str) -> None:
+        """Return once the node on `port` says it is a `role` (`master` or `slave`)."""
+        self._wait(lambda: _role(port) == role, timeout_s=30.0)
 
     def close(self) -> None:
         for sentinel in self.sentinels:
