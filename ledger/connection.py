@@ -28,7 +28,7 @@ from redis.exceptions import AskError, MovedError, RedisClusterException
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ledger.durable import Durability, GroupCommit, is_write
+from ledger.durable import CLUSTER_MARKER_TTL_MS, Durability, GroupCommit, cluster_marker, is_write
 from ledger.multiplex import Multiplexer
 
 # What every ledger class accepts: one node (or the embedded fakeredis), or a Redis Cluster. Every chat
@@ -55,8 +55,9 @@ class DurablePipeline(Pipeline):
         durability = self.durability
         if durability is None or not any(is_write(args) for args, _options in self.command_stack):
             return await super().execute(raise_on_error)
-        self.execute_command(*durability.command())
-        *replies, acknowledged = await super().execute(raise_on_error)
+        for command in durability.commands():
+            self.execute_command(*command)
+        *replies, _marker, acknowledged = await super().execute(raise_on_error)
         durability.check(acknowledged)
         return replies
 
@@ -200,6 +201,13 @@ def multiplexer_of(client: RedisClient) -> Multiplexer | None:
     return client.multiplexer if isinstance(client, PipelinedRedis) else None
 
 
+def durability_of(client: RedisClient) -> Durability | None:
+    """The durability `connect`, `connect_sentinel` or `connect_cluster` gave the client, if any."""
+    if isinstance(client, PipelinedRedis | OnceCluster):
+        return client.durability
+    return None
+
+
 def group_commit_of(client: RedisClient) -> GroupCommit | None:
     """Where the client's durable script calls go, if it has a durability and a multiplexer."""
     return client.group_commit if isinstance(client, PipelinedRedis) else None
@@ -249,6 +257,8 @@ class OnceCluster(RedisCluster):
         commands = [PipelineCommand(0, "ASKING")] if asking else []
         commands.append(PipelineCommand(len(commands), *args, **kwargs))
         if self.durability is not None:
+            marker = cluster_marker(str(await self._first_key(args)))
+            commands.append(PipelineCommand(len(commands), "SET", marker, "", "PX", CLUSTER_MARKER_TTL_MS))
             commands.append(PipelineCommand(len(commands), *self.durability.command()))
         try:
             await node.execute_pipeline(commands)
@@ -268,8 +278,17 @@ class OnceCluster(RedisCluster):
             if isinstance(reply, Exception):
                 raise reply
         if self.durability is not None:
-            self.durability.check(replies[1])
+            self.durability.check(replies[2])
         return replies[0]
+
+    async def _first_key(self, args: tuple[Any, ...]) -> Any:
+        """The write's first key, which names its slot (EVALSHA's keys follow the key count)."""
+        if str(args[0]).upper() in ("EVAL", "EVALSHA", "FCALL"):
+            return args[3]
+        keys = await self.commands_parser.get_keys(*args)
+        if not keys:
+            raise RedisClusterException(f"{args[0]} names no key to find its node by.")
+        return keys[0]
 
     def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
         return _OnceClusterPipeline(self, transaction)  # type: ignore[abstract]

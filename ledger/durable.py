@@ -7,6 +7,12 @@ history is followed by WAIT in the same write to the socket (one round trip plus
 acknowledgement), and answers ReplicaTimeout when no replica confirmed it: the write is on the primary,
 and whether it survives the primary's loss is unknown, which the service answers as 503 `not_replicated`.
 
+WAIT counts the acknowledgement of the connection's own last write, and a write that changed nothing (a
+retry answered from its idempotency record, a ZADD NX of an existing entry) is not one: its WAIT would
+not cover the first attempt, written on another connection and perhaps not replicated yet. So a marker
+write goes before each WAIT (`MARKER`: a PUBLISH, which replicates and touches no key; on a cluster, where
+PUBLISH does not replicate, a short-lived key in the write's own slot).
+
 Two paths, both here or in ledger/connection.py, so no ledger method knows about WAIT:
 - The ledger's write scripts go through `GroupCommit`, on a multiplexed connection of their own: a WAIT
   blocks its connection, so the reads and reserves on the shared multiplexer must not queue behind it.
@@ -40,6 +46,13 @@ WRITE_COMMANDS = frozenset({
 })  # fmt: skip
 
 
+# Published before each WAIT (see above); nothing subscribes to it.
+MARKER = ("PUBLISH", "chatledger:durable", "")
+# On a cluster: the marker key's name after the write's hash tag, and how long it lives.
+CLUSTER_MARKER_SUFFIX = ":chatledger-durable"
+CLUSTER_MARKER_TTL_MS = 1000
+
+
 class ReplicaTimeout(RedisError):
     """Fewer replicas than asked acknowledged a write within the timeout (ledger/errors.py turns it
     into NotReplicated): the write is on the primary, and may or may not outlive it."""
@@ -54,6 +67,10 @@ class Durability(msgspec.Struct, frozen=True):
     def command(self) -> tuple[str, int, int]:
         return ("WAIT", self.replicas, self.timeout_ms)
 
+    def commands(self) -> list[tuple[str | int, ...]]:
+        """What follows the writes on their connection: the marker, then WAIT."""
+        return [MARKER, self.command()]
+
     def check(self, acknowledged: Any) -> None:
         """Raise ReplicaTimeout when WAIT's answer is below `replicas`."""
         if int(acknowledged) < self.replicas:
@@ -61,6 +78,14 @@ class Durability(msgspec.Struct, frozen=True):
                 f"{acknowledged} of {self.replicas} replicas acknowledged the write "
                 f"within {self.timeout_ms} ms."
             )
+
+
+def cluster_marker(key: str) -> str:
+    """A marker key in `key`'s slot: its hash tag, or the whole key when it has none."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    tag = key[start + 1 : end] if start != -1 and end > start + 1 else key
+    return "{" + tag + "}" + CLUSTER_MARKER_SUFFIX
 
 
 def is_write(command: Sequence[Any]) -> bool:
@@ -120,7 +145,7 @@ class GroupCommit:
     async def _send(self, group: list[_Write]) -> None:
         commands = [write.command for write in group]
         try:
-            replies = await self.multiplexer.execute_many([*commands, self.durability.command()])
+            replies = await self.multiplexer.execute_many([*commands, *self.durability.commands()])
             self.durability.check(raise_error(replies[-1]))
             failure: RedisError | None = None
         except RedisError as exc:

@@ -245,3 +245,47 @@ async def test_the_api_answers_503_not_replicated(
         )
     finally:
         await store.client.aclose()
+
+
+async def test_a_retried_message_is_answered_once_a_replica_has_it(
+    topology: SentinelTopology, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]
+) -> None:
+    """A message whose settle no replica acknowledged is 503 `not_replicated`; its retry with the same
+    Idempotency-Key is refused too while the replicas are cut off (the saved reply is not on a replica
+    yet), then answered with the first reply once they catch up: one exchange, charged once."""
+    settings = Settings(
+        redis_sentinel_url=topology.url,
+        durability="replica",
+        durability_timeout_ms=100,
+        key_prefix="clsentinel",
+    )
+    store = await Store.open(topology.url, settings.durability_wait)
+    try:
+        headers = {"X-API-Key": (await store.tenants.issue_key(store.config.config_id)).api_key}
+        client = await aiohttp_client(create_app(settings, redis=store.client))
+        created = await client.post("/chats/", json={"token_limit": 1000.0}, headers=headers)
+        chat_id = (await created.json())["chat_id"]
+        message = {"chat_id": chat_id, "content": "Hello there"}
+        retry = {**headers, "Idempotency-Key": "message-1"}
+        for proxy in topology.proxies:
+            proxy.cut()
+        statuses = []
+        for _ in range(2):
+            response = await client.post("/chats/messages/", json=message, headers=retry)
+            statuses.append((response.status, (await response.json())["code"]))
+        for proxy in topology.proxies:
+            proxy.heal()
+        answered = await client.post("/chats/messages/", json=message, headers=retry)
+        again = await client.post("/chats/messages/", json=message, headers=retry)
+
+        assert statuses == [(503, "not_replicated")] * 2
+        assert answered.status == again.status == 200
+        assert (await answered.json()) == (await again.json())
+        history = await store.ledger.read_history(
+            store.config.config_id, chat_id, ledger.HistoryQuery(limit=10)
+        )
+        assert [m.is_user for m in history.items] == [True, False]
+        state = await store.ledger.get_chat(store.config.config_id, chat_id)
+        assert (state.used_milli, state.reserved_milli) == (history.items[1].charged_milli, 0)
+    finally:
+        await store.client.aclose()
