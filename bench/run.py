@@ -7,7 +7,8 @@ in time and in count, and every process is stopped when the run ends, whatever e
 
 Steps: messages/s against the bare handlers (same worker count, same load, same Redis), the round
 trips of a message (MONITOR), Redis memory per stored message, history pages of a 1,000,000-message chat
-against a 100-message one, and the ledger alone against redis-benchmark.
+against a 100-message one, overload (bench/overload.py), `CHATLEDGER_DURABILITY=replica` against
+`none` (bench/durability_bench.py), and the ledger alone against redis-benchmark.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import aiohttp
 import msgspec
 
 import ledger
-from bench import history_bench, ledger_bench, load, overload, redis_stats
+from bench import durability_bench, history_bench, ledger_bench, load, overload, redis_stats
 from bench.baseline import TRIVIAL_SCRIPT
 from bench.processes import BenchError, Children, start_baseline, start_service
 from bench.table import Row, render
@@ -139,6 +140,11 @@ class Bench:
         self.rows += await overload.rows(
             children, client, server.url, api_key, chats,
             seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
+        )  # fmt: skip
+        # The cost of CHATLEDGER_DURABILITY=replica, on a primary and replica of its own.
+        self.rows += await durability_bench.rows(
+            children, self._generate, seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
+            chats=o.chats,
         )  # fmt: skip
         self.rows.sort(key=lambda row: row.order)
         await self._ledger(server)
