@@ -6,7 +6,15 @@
 from __future__ import annotations
 
 from ledger.amounts import from_milli, to_milli, weight_milli
-from ledger.connection import RedisClient, connect, connect_cluster, embedded_redis
+from ledger.connection import (
+    RedisClient,
+    SentinelTarget,
+    connect,
+    connect_cluster,
+    connect_sentinel,
+    embedded_redis,
+)
+from ledger.durable import Durability
 from ledger.errors import (
     ChatDeleted,
     ChatNotDeleted,
@@ -20,6 +28,7 @@ from ledger.errors import (
     LedgerError,
     LedgerUnavailable,
     LimitTooLarge,
+    NotReplicated,
     ReservationAlreadySettled,
     ReservationAlreadyVoided,
     ReservationError,
@@ -59,6 +68,7 @@ __all__ = [
     "ConfigNotFound",
     "ConfigRecord",
     "DuplicateInFlight",
+    "Durability",
     "ExchangeReplayed",
     "HistoryPage",
     "HistoryQuery",
@@ -75,6 +85,7 @@ __all__ = [
     "LedgerLimits",
     "LedgerUnavailable",
     "LimitTooLarge",
+    "NotReplicated",
     "Reconciliation",
     "RedisClient",
     "Reservation",
@@ -83,12 +94,14 @@ __all__ = [
     "ReservationError",
     "ReservationExpired",
     "ReservationNotFound",
+    "SentinelTarget",
     "Settlement",
     "StoredMessage",
     "TenantStore",
     "TokensHeld",
     "connect",
     "connect_cluster",
+    "connect_sentinel",
     "embedded_redis",
     "from_milli",
     "normalize_uuid",

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from ledger.connection import RedisClient, multiplexer_of
+from ledger.connection import RedisClient, group_commit_of, multiplexer_of
 from ledger.limits import (
     CONTEXT_TOKENS_KEPT,
     CONTEXT_TOKENS_SLACK,
@@ -40,6 +40,10 @@ SCRIPT_NAMES = (
     "rate_limit",
     "erase_chat",
 )
+# The scripts that move money or history: with a durability, each waits for a replica's acknowledgement
+# (ledger/durable.py). A reserve does not: a hold lost with its primary is caught by the settle, which
+# then finds no reservation and charges nothing.
+DURABLE_SCRIPTS = frozenset({"create_chat", "settle", "void", "top_up", "delete_chat", "restore_chat"})
 
 
 class ContextMode(enum.StrEnum):
@@ -82,6 +86,7 @@ class Scripts:
     def __init__(self, redis: RedisClient, observe: Callable[[str, float], None] | None = None) -> None:
         self._redis = redis
         self.multiplexer = multiplexer_of(redis)
+        self.group_commit = group_commit_of(redis)
         # Called with (script name, seconds) after each `call`; ledger/ knows nothing of metrics.
         self.observe = observe
         self.create_chat: AsyncScript = redis.register_script(_SOURCES["create_chat"])
@@ -106,6 +111,8 @@ class Scripts:
         script: AsyncScript = getattr(self, name)
         started = time.perf_counter()
         try:
+            if self.group_commit is not None and name in DURABLE_SCRIPTS:
+                return await self.group_commit.evalsha(script.sha, _SOURCES[name], keys, args)
             if self.multiplexer is not None:
                 return await self.multiplexer.evalsha(script.sha, _SOURCES[name], keys, args)
             return await script(keys=list(keys), args=list(args))

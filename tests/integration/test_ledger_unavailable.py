@@ -13,6 +13,7 @@ import redis.exceptions
 
 from ledger import (
     ConfigRecord,
+    Durability,
     HistoryQuery,
     Keyspace,
     Ledger,
@@ -54,6 +55,7 @@ CALLS: dict[str, Callable[[Ledger], Awaitable[object]]] = {
     ),
     "void": lambda book: book.void(HOLD),
     "read_history": lambda book: book.read_history(None, CHAT, HistoryQuery(limit=10)),
+    "confirm_durable": lambda book: book.confirm_durable(CHAT),
 }
 
 
@@ -63,9 +65,10 @@ def _public_methods(cls: type) -> set[str]:
 
 @pytest_asyncio.fixture
 async def nowhere() -> AsyncIterator[RedisClient]:
-    """A client of a port nothing listens on: every command fails to connect."""
+    """A client of a port nothing listens on: every command fails to connect. Durable, so the writes'
+    own path (ledger/durable.py) is covered too, and confirm_durable has something to do."""
     (port,) = free_ports(1)
-    client = connect(f"redis://127.0.0.1:{port}/0")
+    client = connect(f"redis://127.0.0.1:{port}/0", durability=Durability(1, 100))
     try:
         yield client
     finally:
