@@ -26,6 +26,7 @@ from ledger.errors import (
     ReservationExpired,
     ReservationNotFound,
 )
+from ledger.export import ExportCursor, ExportedChat, ExportedMessage, ExportPage
 from ledger.history import HistoryQuery, parse_message_id
 from ledger.idempotency import IdempotencyKey
 from ledger.keys import Keyspace, normalize_uuid
@@ -59,6 +60,10 @@ __all__ = [
     "ConfigRecord",
     "DuplicateInFlight",
     "ExchangeReplayed",
+    "ExportCursor",
+    "ExportPage",
+    "ExportedChat",
+    "ExportedMessage",
     "HistoryPage",
     "HistoryQuery",
     "IdempotencyKey",
