@@ -46,6 +46,12 @@ class Retention(Erasure):
             if cursor == 0:
                 return RetentionPass(erased=erased, cursor=0)
 
+    @wrap_redis_errors
+    async def retention_turn(self, holder: str, ttl_ms: int) -> bool:
+        """Whether `holder` may run the pass now: one worker at a time, for `ttl_ms` at most (a worker
+        that dies holding the turn loses it then)."""
+        return bool(await self.redis.set(self.keys.retention_turn(), holder, nx=True, px=ttl_ms))
+
     async def _configs_page(self, cursor: int) -> tuple[int, list[str]]:
         next_cursor, members = await self.redis.sscan(self.keys.configs(), cursor, count=CHATS_BATCH)
         return int(next_cursor), sorted(cast(list[str], members))
