@@ -25,6 +25,7 @@ from ledger.replies import (
     TopUpReplayed,
     decode_create_chat,
     decode_delete_chat,
+    decode_inspect_chat,
     decode_restore_chat,
     decode_top_up,
 )
@@ -128,6 +129,23 @@ class Chats:
         if not fields or (config_id is not None and fields["config"] != config_id):
             raise ChatNotFound()
         return chat_from_hash(chat_id, fields)
+
+    @wrap_redis_errors
+    async def inspect_chat(self, chat_id: str) -> ChatState:
+        """Any config's chat as the admin surface shows it: holds past their deadline are expired
+        first, in the same script, so `reserved_milli` never counts a dead worker's hold."""
+        keys = self.keys
+        reply = await self.scripts.call(
+            "inspect_chat",
+            keys=[
+                keys.chat_meta(chat_id),
+                keys.chat_deadlines(chat_id),
+                keys.chat_reservations(chat_id),
+                keys.chat_journal(chat_id),
+            ],
+            args=[self.limits.reservation_retention_ms],
+        )
+        return _chat_from_fields(chat_id, decode_inspect_chat(reply).fields)
 
     @wrap_redis_errors
     async def top_up(
@@ -238,7 +256,9 @@ class Chats:
     async def reconcile(self, chat_id: str) -> Reconciliation:
         """Add up the whole journal and compare it with the chat's counters. Reads in pages, so it is
         O(entries) in time but not in memory; the counters are read after the journal, so a chat that
-        is moving may not reconcile until it is still."""
+        is moving may not reconcile until it is still. Holds past their deadline are expired first
+        (inspect_chat), so neither side counts them as reserved."""
+        await self.inspect_chat(chat_id)
         used = reserved = limit = clamped = expired = entries = 0
         after: str | None = None
         while batch := await self.read_journal(chat_id, after=after, count=1000):

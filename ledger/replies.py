@@ -249,6 +249,7 @@ decode_delete_chat: ReplyDecoder[ChatMeta] = ReplyDecoder(
 decode_restore_chat: ReplyDecoder[ChatMeta] = ReplyDecoder(
     "restore_chat", ChatMeta, *refused("not_found", "not_deleted")
 )
+decode_inspect_chat: ReplyDecoder[ChatMeta] = ReplyDecoder("inspect_chat", ChatMeta, *refused("not_found"))
 decode_history: ReplyDecoder[Page] = ReplyDecoder("history", Page, *refused("not_found", "deleted"))
 decode_erase_chat: ReplyDecoder[Erased | Kept] = ReplyDecoder(
     "erase_chat", Erased, Kept, *refused("not_found")

@@ -34,6 +34,7 @@ SCRIPT_NAMES = (
     "top_up",
     "delete_chat",
     "restore_chat",
+    "inspect_chat",
     "history",
     "rate_limit",
     "erase_chat",
@@ -88,6 +89,7 @@ class Scripts:
         self.top_up: AsyncScript = redis.register_script(_SOURCES["top_up"])
         self.delete_chat: AsyncScript = redis.register_script(_SOURCES["delete_chat"])
         self.restore_chat: AsyncScript = redis.register_script(_SOURCES["restore_chat"])
+        self.inspect_chat: AsyncScript = redis.register_script(_SOURCES["inspect_chat"])
         self.history: AsyncScript = redis.register_script(_SOURCES["history"])
         self.rate_limit: AsyncScript = redis.register_script(_SOURCES["rate_limit"])
         self.erase_chat: AsyncScript = redis.register_script(_SOURCES["erase_chat"])

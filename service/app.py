@@ -7,9 +7,10 @@ from aiohttp import web
 from ledger import RedisClient
 from service import handlers, lifecycle, retention
 from service.admission import Admission
-from service.appkeys import ADMISSION, METRICS, PROVIDER, REDIS, SETTINGS
+from service.appkeys import ADMISSION, METRICS, MODEL_CALLS, PROVIDER, REDIS, SETTINGS
 from service.metrics import Metrics
 from service.middlewares import request_context
+from service.model_calls import ModelCalls
 from service.providers import Provider
 from service.routing import mount
 from service.settings import Settings
@@ -24,6 +25,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[ADMISSION] = Admission(settings.max_in_flight, settings.api_prefix)
+    app[MODEL_CALLS] = ModelCalls(settings.model_calls_per_config, app[METRICS].model_calls_refused)
     if redis is not None:
         app[REDIS] = redis
     if provider is not None:

@@ -66,6 +66,9 @@ def _config_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         parser.add_argument(flag, dest=name, metavar="WEIGHT", type=float, help=help_text)
     parser.add_argument("--rate-limit-per-s", type=float, help="requests per second per API key (0: none)")
     parser.add_argument("--rate-limit-burst", type=int, help="requests an API key may make at once")
+    parser.add_argument(
+        "--model-calls-max", type=int, help="model calls running at once per worker (0: the default)"
+    )
 
 
 def add_commands(commands: Any) -> None:
@@ -203,7 +206,7 @@ async def _key_revoke(stores: Stores, args: argparse.Namespace) -> int:
 
 
 async def _chat_show(stores: Stores, args: argparse.Namespace) -> int:
-    _print_json(admin_chat(await stores.ledger.get_chat(None, _chat_id(args.chat_id))))
+    _print_json(admin_chat(await stores.ledger.inspect_chat(_chat_id(args.chat_id))))
     return 0
 
 

@@ -49,7 +49,7 @@ _DESCRIPTIONS = {
     413: "Request body over the configured size.",
     422: "Invalid field or query values, an Idempotency-Key reused with another request, or a top-up that "
     "would take the limit past 10^12.",
-    429: "Rate limited.",
+    429: "Rate limited, or over the config's share of model calls.",
     502: "The model failed before the reply started; nothing was charged.",
     503: "The token store is unavailable, or the worker is at its in-flight cap (code overloaded).",
     504: "The model timed out before the reply started; nothing was charged.",

@@ -122,6 +122,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             le=100_000,
         ),
     ] = 100
+    # Model calls one config may have running at once on a worker, unless its config sets
+    # `model_calls_max`; past it, an immediate 429 `model_calls_exceeded` (service/model_calls.py). Below
+    # max_in_flight, so that a config that holds its whole share leaves the worker to the others.
+    model_calls_per_config: Annotated[
+        int,
+        _meta("model calls one config may have running at once per worker; more get 429", ge=1, le=100_000),
+    ] = 32
     # Test and demo only: each message a client sends, through the API or the widget, waits this long
     # before it is handled (service/delay.py).
     message_delay_ms: Annotated[
@@ -191,6 +198,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     openai_connect_timeout_s: Annotated[
         float, _meta("seconds to open a connection to the model server", gt=0, le=300)
     ] = 5.0
+    # The worker's connections to the model server, shared by every config (each config's share of them
+    # is model_calls_per_config), and how long a call waits for one when all are busy: a wait of its
+    # own, so that a full pool fails a call in seconds instead of eating its exchange's deadline.
+    openai_pool_size: Annotated[
+        int, _meta("connections a worker keeps to the model server, for every config", ge=1, le=10_000)
+    ] = 100
+    openai_pool_wait_s: Annotated[
+        float,
+        _meta("seconds a model call waits for a free connection when all are busy", gt=0, le=60),
+    ] = 1.0
     openai_read_timeout_s: Annotated[
         float, _meta("most seconds between two reads, the first byte included", gt=0, le=3600)
     ] = 30.0

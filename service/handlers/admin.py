@@ -197,7 +197,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 @_admin("GET", "/admin/chats/{chat_id}",
         Doc(summary="Read any chat with its ledger figures.", response=AdminChat, errors=(404,)))  # fmt: skip
 async def get_chat(request: web.Request) -> web.Response:
-    return json_response(admin_chat(await request.app[LEDGER].get_chat(None, path_chat_id(request))))
+    return json_response(admin_chat(await request.app[LEDGER].inspect_chat(path_chat_id(request))))
 
 
 @_admin("GET", "/admin/chats/{chat_id}/messages/",

@@ -145,6 +145,8 @@ class OpenAIProvider:
         api_key: str | None,
         model: str,
         connect_timeout_s: float = 5.0,
+        pool_size: int = 100,
+        pool_wait_s: float = 1.0,
         read_timeout_s: float = 30.0,
         total_timeout_s: float = 90.0,
         max_retries: int = 2,
@@ -159,12 +161,17 @@ class OpenAIProvider:
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         # One pooled session per process: connections to the upstream are reused across requests.
-        # sock_read bounds every wait for bytes, the first one included; the total is enforced per
-        # exchange (across retries and the whole stream), not per HTTP request.
+        # aiohttp's `connect` bounds the wait for a free connection of the pool plus the opening of a
+        # new one; sock_read bounds every wait for bytes, the first one included; the total is
+        # enforced per exchange (across retries and the whole stream), not per HTTP request.
         self._session = aiohttp.ClientSession(
             headers=headers,
+            connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=0),
             timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+                total=None,
+                connect=pool_wait_s + connect_timeout_s,
+                sock_connect=connect_timeout_s,
+                sock_read=read_timeout_s,
             ),
         )
 
@@ -177,6 +184,8 @@ class OpenAIProvider:
             api_key=settings.openai_api_key,
             model=settings.openai_model,
             connect_timeout_s=settings.openai_connect_timeout_s,
+            pool_size=settings.openai_pool_size,
+            pool_wait_s=settings.openai_pool_wait_s,
             read_timeout_s=settings.openai_read_timeout_s,
             total_timeout_s=settings.openai_total_timeout_s,
             max_retries=settings.openai_max_retries,

@@ -41,7 +41,9 @@ class TestConcurrentSends:
     ) -> None:
         """Only what the limit pays for succeeds; every other answer is 402; charges add up to
         token_used exactly; the history holds each success as a user/reply pair in order."""
-        settings = Settings(redis_url="redis://unused", key_prefix="cltest", history_messages=2)
+        settings = Settings(
+            redis_url="redis://unused", key_prefix="cltest", history_messages=2, model_calls_per_config=SENDS
+        )
         tenants = ledger.TenantStore(real_redis, ledger.Keyspace("cltest"))
         _config, key = await new_tenant(tenants)
         workers = [Api(await aiohttp_client(create_app(settings, redis=c)), key) for c in worker_clients]

@@ -42,6 +42,7 @@ CALLS: dict[str, Callable[[Ledger], Awaitable[object]]] = {
     "list_chats": lambda book: book.list_chats(CONFIG.config_id, offset=0, limit=10),
     "read_journal": lambda book: book.read_journal(CHAT),
     "reconcile": lambda book: book.reconcile(CHAT),
+    "inspect_chat": lambda book: book.inspect_chat(CHAT),
     "erase_chat": lambda book: book.erase_chat(CHAT),
     "erase_config": lambda book: book.erase_config(CONFIG.config_id),
     "config_exists": lambda book: book.config_exists(CONFIG.config_id),
