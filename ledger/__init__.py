@@ -36,6 +36,7 @@ from ledger.errors import (
     ReservationNotFound,
     TokensHeld,
 )
+from ledger.export import ExportCursor, ExportedChat, ExportedMessage, ExportPage
 from ledger.history import HistoryQuery, parse_message_id
 from ledger.idempotency import IdempotencyKey
 from ledger.keys import Keyspace, normalize_uuid
@@ -70,6 +71,10 @@ __all__ = [
     "DuplicateInFlight",
     "Durability",
     "ExchangeReplayed",
+    "ExportCursor",
+    "ExportPage",
+    "ExportedChat",
+    "ExportedMessage",
     "HistoryPage",
     "HistoryQuery",
     "IdempotencyKey",

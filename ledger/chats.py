@@ -128,7 +128,7 @@ class Chats:
         fields = cast(dict[str, str], await self.redis.hgetall(self.keys.chat_meta(chat_id)))
         if not fields or (config_id is not None and fields["config"] != config_id):
             raise ChatNotFound()
-        return _chat_from_hash(chat_id, fields)
+        return chat_from_hash(chat_id, fields)
 
     @wrap_redis_errors
     async def inspect_chat(self, chat_id: str) -> ChatState:
@@ -231,7 +231,7 @@ class Chats:
                 if now_us - score > self.limits.orphan_grace_ms * 1000:
                     stale.append(chat_id)
                 continue
-            chat = _chat_from_hash(chat_id, fields)
+            chat = chat_from_hash(chat_id, fields)
             if chat.deleted and not include_deleted:
                 stale.append(chat_id)
                 continue
@@ -281,7 +281,7 @@ class Chats:
         )
 
 
-def _chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:
+def chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:
     """A ChatState from the chat's meta hash."""
     return ChatState(
         chat_id=chat_id,
@@ -305,7 +305,7 @@ def _as_dict(flat: list[str]) -> dict[str, str]:
 
 def _chat_from_fields(chat_id: str, flat: list[str]) -> ChatState:
     """A ChatState from a script's HGETALL of the meta hash: fields and values in turn."""
-    return _chat_from_hash(chat_id, _as_dict(flat))
+    return chat_from_hash(chat_id, _as_dict(flat))
 
 
 def _journal_entry(entry_id: str, fields: dict[str, str]) -> JournalEntry:

@@ -139,6 +139,10 @@ class Keyspace:
             raise ValueError("an API key is looked up by its hex SHA-256 digest")
         return f"{self.prefix}:{{k:{digest}}}:rate"
 
+    def retention_turn(self) -> str:
+        """String with a TTL: held by the worker whose turn it is to run the retention pass."""
+        return f"{self.prefix}:retention"
+
     def configs(self) -> str:
         """Set: every config id (the admin listing and the demo bootstrap read it)."""
         return f"{self.prefix}:configs"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ledger import RedisClient
-from service import handlers, lifecycle
+from service import handlers, lifecycle, retention
 from service.admission import Admission
 from service.appkeys import ADMISSION, METRICS, MODEL_CALLS, PROVIDER, REDIS, SETTINGS
 from service.metrics import Metrics
@@ -31,5 +31,6 @@ def create_app(
     if provider is not None:
         app[PROVIDER] = provider
     app.cleanup_ctx.extend([lifecycle.redis_client, lifecycle.ledger_and_tenants, lifecycle.model_provider])
+    app.cleanup_ctx.append(retention.retention_pass)
     mount(app, handlers.all_routes(), settings.api_prefix)
     return app

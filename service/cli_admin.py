@@ -105,6 +105,7 @@ def add_commands(commands: Any) -> None:
     journal.add_argument("chat_id")
     journal.add_argument("--limit", type=int, default=1000, help="entries to print (default 1000)")
     cli_data.add_erase_commands(config, chat)
+    cli_data.add_export_command(commands)
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -248,4 +249,5 @@ _COMMANDS: dict[tuple[str, str], Command] = {
     ("chat", "journal"): _chat_journal,
     ("chat", "erase"): cli_data.chat_erase,
     ("config", "erase"): cli_data.config_erase,
+    ("export", "run"): cli_data.export,
 }

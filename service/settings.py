@@ -330,6 +330,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         float, _meta("tokens of each chat the widget starts", gt=0, le=AMOUNT_TOKENS_MAX)
     ] = 1000.0
 
+    # --- data lifecycle (design.md section 12) ---
+    # A soft-deleted chat is erased for good (every record of it) this long after its deletion, by a
+    # background pass; 0 keeps deleted chats until an operator erases them.
+    deleted_chat_retention_s: Annotated[
+        float,
+        _meta("seconds a soft-deleted chat is kept before it is erased for good; 0: kept", ge=0, le=3.2e9),
+    ] = 0.0
+    # How often a worker looks for deleted chats past their retention; one worker does a pass at a time.
+    retention_interval_s: Annotated[
+        float, _meta("seconds between two passes of the deleted-chat retention", ge=0.05, le=86_400)
+    ] = 60.0
+
     @property
     def cors_origin_list(self) -> frozenset[str]:
         return _origin_list(self.cors_origins)

@@ -82,6 +82,8 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "demo_api_key": ["has space", "cl\u00e9"],
     "widget_api_key": ["has space", "k" * 513],
     "widget_token_limit": ["0", "1e13"],
+    "deleted_chat_retention_s": ["-1", "1e10", "nan"],
+    "retention_interval_s": ["0", "0.01", "86401"],
 }
 CASES = [pytest.param(name, value, id=f"{env_name(name)}={value[:20]}") for name in FIELDS
          for value in OUT_OF_RANGE.get(name, [])]  # fmt: skip
