@@ -36,6 +36,7 @@ from ledger.errors import (
     ReservationNotFound,
     TokensHeld,
 )
+from ledger.export import CURSOR_PATTERN as EXPORT_CURSOR_PATTERN
 from ledger.export import ExportCursor, ExportedChat, ExportedMessage, ExportPage
 from ledger.history import HistoryQuery, parse_message_id
 from ledger.idempotency import IdempotencyKey
@@ -60,6 +61,7 @@ from ledger.tenants import TenantStore
 
 __all__ = [
     "AMOUNT_TOKENS_MAX",
+    "EXPORT_CURSOR_PATTERN",
     "Branding",
     "ChatDeleted",
     "ChatNotDeleted",

@@ -23,7 +23,7 @@ from service.openapi import Doc
 from service.requests import decode_query, path_chat_id
 
 NDJSON = "application/x-ndjson"
-CURSOR_PATTERN = r"^(?:[0-9]{1,17}\.[0-9a-f-]{36}\.(?:[0-9]{1,16}-[0-9]{1,10}|\+)?)?$"
+CURSOR_PATTERN = f"^(?:{ledger.EXPORT_CURSOR_PATTERN})?$"
 
 
 class ExportQuery(msgspec.Struct, frozen=True):
