@@ -82,6 +82,13 @@ async def fill_history(client: ledger.RedisClient, stream_key: str, messages: in
     return middle
 
 
+def filled_content_bytes(messages: int) -> int:
+    """The UTF-8 bytes of the contents `fill_history` wrote: a question and a reply in turn. Known
+    without reading a million entries back, which one script call would hold Redis for seconds."""
+    question, reply = len(QUESTION.encode()), len(REPLY.encode())
+    return (messages + 1) // 2 * question + messages // 2 * reply
+
+
 async def time_page(session: aiohttp.ClientSession, url: str, samples: int) -> PageTimes:
     """One request at a time: `samples` timed after one untimed."""
     latencies: list[float] = []

@@ -269,7 +269,7 @@ class Bench:
         big_middle = await history_bench.fill_history(client, KEYS.chat_messages(big), o.big_history)
         after = await redis_stats.used_memory(client)
         small_middle = await history_bench.fill_history(client, KEYS.chat_messages(small), o.small_history)
-        _messages, size = await redis_stats.content_bytes(client, [KEYS.chat_messages(big)])
+        size = history_bench.filled_content_bytes(o.big_history)
         what = f"Redis memory per message, history stream alone ({o.big_history:,}-message chat)"
         self.rows.append(_memory_row(33, what, after - before, o.big_history, size))
         base = f"http://127.0.0.1:{port}/chats"
