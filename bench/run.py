@@ -8,7 +8,10 @@ in time and in count, and every process is stopped when the run ends, whatever e
 Steps: messages/s against the bare handlers (same worker count, same load, same Redis), the round
 trips of a message (MONITOR), Redis memory per stored message, history pages of a 1,000,000-message chat
 against a 100-message one (and a deep page against the first), the slowest Redis call while the API was
-loaded (SLOWLOG), and the ledger alone against redis-benchmark.
+loaded (SLOWLOG), overload (bench/overload.py), the `openai` provider on a fake model server against a
+bare proxy (bench/upstream.py), one config's messages beside another's slow streams (bench/fairness.py),
+`CHATLEDGER_DURABILITY=replica` against `none` (bench/durability_bench.py), and the ledger alone
+against redis-benchmark.
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ import aiohttp
 import msgspec
 
 import ledger
-from bench import history_bench, ledger_bench, load, overload, redis_stats
+from bench import (
+    durability_bench,
+    fairness,
+    history_bench,
+    ledger_bench,
+    load,
+    overload,
+    redis_stats,
+    upstream,
+)
 from bench.baseline import TRIVIAL_SCRIPT
 from bench.processes import BenchError, Children, start_baseline, start_service
 from bench.table import Row, render
@@ -56,6 +68,7 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     ledger_concurrency: int = 64
     ledger_pairs_max: int = 1_000_000
     benchmark_requests: int = 500_000
+    fairness_samples: int = 100
     generator: str = "auto"
     # Only the smoke run's count bound matters for the aiohttp generator; wrk is bounded by time.
     requests_max: int = 10_000_000
@@ -74,6 +87,7 @@ SMOKE = Options(
     ledger_concurrency=4,
     ledger_pairs_max=200,
     benchmark_requests=2_000,
+    fairness_samples=5,
     requests_max=2_000,
 )
 
@@ -150,6 +164,19 @@ class Bench:
         )  # fmt: skip
         await slowlog.take()
         self.rows.append(_slowlog_row(slowlog))
+        generate = upstream.generator(
+            o.generator, api_key, chats, self.workdir, o.connections, o.requests_max
+        )
+        self.rows += await upstream.rows(
+            children, server.url, api_key, chats, generate,
+            seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
+        )  # fmt: skip
+        self.rows += await fairness.rows(children, client, server.url, samples=o.fairness_samples)
+        # The cost of CHATLEDGER_DURABILITY=replica, on a primary and replica of its own.
+        self.rows += await durability_bench.rows(
+            children, self._generate, seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
+            chats=o.chats,
+        )  # fmt: skip
         self.rows.sort(key=lambda row: row.order)
         await self._ledger(server)
 

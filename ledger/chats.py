@@ -128,7 +128,7 @@ class Chats:
         fields = cast(dict[str, str], await self.redis.hgetall(self.keys.chat_meta(chat_id)))
         if not fields or (config_id is not None and fields["config"] != config_id):
             raise ChatNotFound()
-        return _chat_from_hash(chat_id, fields)
+        return chat_from_hash(chat_id, fields)
 
     @wrap_redis_errors
     async def inspect_chat(self, chat_id: str) -> ChatState:
@@ -156,7 +156,10 @@ class Chats:
         keys = [self.keys.chat_meta(chat_id), self.keys.chat_journal(chat_id)]
         args: list[str | int] = [config_id, add_milli, AMOUNT_MILLI_MAX]
         if idempotency:
-            keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
+            keys += [
+                self.keys.chat_idempotency(chat_id, idempotency.digest),
+                self.keys.chat_idempotency_index(chat_id),
+            ]
             args += [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
         topped = decode_top_up(await self.scripts.call("top_up", keys=keys, args=args))
         now = _chat_from_fields(chat_id, topped.fields)
@@ -171,9 +174,14 @@ class Chats:
         """Soft delete, then drop the chat from the config's live index (a separate slot). A crash in
         between leaves a deleted chat in the live index, which `list_chats` notices and repairs."""
         reply = await self.scripts.call("delete_chat", keys=[self.keys.chat_meta(chat_id)], args=[config_id])
-        deleted = decode_delete_chat(reply)
-        await self.redis.zrem(self.keys.config_live_chats(config_id), chat_id)
-        return _chat_from_fields(chat_id, deleted.fields)
+        chat = _chat_from_fields(chat_id, decode_delete_chat(reply).fields)
+        # The deleted index is what the retention pass reads; a crash before it leaves a deleted chat
+        # the pass does not see, which a config's erasure still finds in the all-chats index.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            _ = pipe.zrem(self.keys.config_live_chats(config_id), chat_id)
+            _ = pipe.zadd(self.keys.config_deleted_chats(config_id), {chat_id: chat.deleted_ms})
+            await pipe.execute()
+        return chat
 
     @wrap_redis_errors
     async def restore_chat(self, chat_id: str) -> ChatState:
@@ -186,6 +194,7 @@ class Chats:
             self.keys.config_live_chats(chat.config_id),
             {chat_id: score if score is not None else chat.created_ms * 1000},
         )
+        await self.redis.zrem(self.keys.config_deleted_chats(chat.config_id), chat_id)
         return chat
 
     @wrap_redis_errors
@@ -222,7 +231,7 @@ class Chats:
                 if now_us - score > self.limits.orphan_grace_ms * 1000:
                     stale.append(chat_id)
                 continue
-            chat = _chat_from_hash(chat_id, fields)
+            chat = chat_from_hash(chat_id, fields)
             if chat.deleted and not include_deleted:
                 stale.append(chat_id)
                 continue
@@ -272,7 +281,7 @@ class Chats:
         )
 
 
-def _chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:
+def chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:
     """A ChatState from the chat's meta hash."""
     return ChatState(
         chat_id=chat_id,
@@ -296,7 +305,7 @@ def _as_dict(flat: list[str]) -> dict[str, str]:
 
 def _chat_from_fields(chat_id: str, flat: list[str]) -> ChatState:
     """A ChatState from a script's HGETALL of the meta hash: fields and values in turn."""
-    return _chat_from_hash(chat_id, _as_dict(flat))
+    return chat_from_hash(chat_id, _as_dict(flat))
 
 
 def _journal_entry(entry_id: str, fields: dict[str, str]) -> JournalEntry:

@@ -12,6 +12,7 @@ from typing import ParamSpec, TypeVar
 
 import redis.exceptions
 
+from ledger.durable import ReplicaTimeout
 from ledger.limits import AMOUNT_MILLI_MAX
 from ledger.results import StoredMessage
 
@@ -132,6 +133,17 @@ class LedgerUnavailable(LedgerError):
     code = "store_unavailable"
 
 
+class NotReplicated(LedgerUnavailable):
+    """With CHATLEDGER_DURABILITY=replica, no replica acknowledged the write in time: it is on the
+    primary and may not outlive it, so it is not acknowledged; a retry with the same Idempotency-Key
+    gets the first result, or runs once if the write was lost."""
+
+    code = "not_replicated"
+
+    def __init__(self) -> None:
+        super().__init__("No replica confirmed the write in time; retry with the same Idempotency-Key.")
+
+
 def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Turn a Redis failure inside `fn` into LedgerUnavailable, keeping the cause for the logs."""
 
@@ -139,6 +151,8 @@ def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
+        except ReplicaTimeout as exc:
+            raise NotReplicated() from exc
         except redis.exceptions.RedisError as exc:
             raise LedgerUnavailable(f"The token store failed: {type(exc).__name__}.") from exc
 

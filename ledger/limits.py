@@ -19,6 +19,14 @@ WEIGHT_MILLI_MAX = 1_000_000
 # How many due reservations one script call reaps at most: bounds the work any single request does.
 REAP_BATCH_MAX = 256
 
+# Idempotency records one erase_chat.lua call removes at most: bounds how long one erasure blocks Redis;
+# a chat with more (a day of keyed requests) takes several calls.
+ERASE_RECORDS_MAX = 1000
+
+# Chats a config's erasure, the retention pass and an export read from an index at a time: bounds the
+# worker's memory and each command whatever the config's size.
+CHATS_BATCH = 100
+
 # Entries skipped per XRANGE call when history.lua walks to an offset: bounds the Lua memory of a deep page.
 HISTORY_SKIP_CHUNK = 500
 

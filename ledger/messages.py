@@ -160,10 +160,13 @@ class Messages:
     def _exchange_keys(
         self, chat_id: str, idempotency: IdempotencyKey | None
     ) -> tuple[list[str], tuple[str, ...]]:
-        """The exchange scripts' KEYS, with the Idempotency-Key's record last, and the arguments that
-        go with the record (the request's fingerprint)."""
+        """The exchange scripts' KEYS, with the Idempotency-Key's record and the chat's index of the
+        records last, and the arguments that go with the record (the request's fingerprint)."""
         keys = self.keys.chat_keys(chat_id)
         if idempotency is None:
             return keys, ()
-        keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
+        keys += [
+            self.keys.chat_idempotency(chat_id, idempotency.digest),
+            self.keys.chat_idempotency_index(chat_id),
+        ]
         return keys, (idempotency.fingerprint,)

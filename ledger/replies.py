@@ -196,6 +196,19 @@ class Page(Shape, frozen=True, tag="ok"):
     entries: list[Entry]
 
 
+class Erased(Shape, frozen=True, tag="ok"):
+    """erase_chat.lua: the config the chat was erased from ('' when nothing of it was left), whether its
+    meta hash was still there, and whether idempotency records are left for another call."""
+
+    config_id: str
+    existed: int
+    more: int
+
+
+class Kept(Shape, frozen=True, tag="kept"):
+    """erase_chat.lua left the chat alone: it is not deleted, or not for long enough."""
+
+
 class Metered(Shape, frozen=True):
     """rate_limit.lua: allowed (1) or not (0), and the milliseconds to wait when not."""
 
@@ -261,4 +274,7 @@ decode_restore_chat: ReplyDecoder[ChatMeta] = ReplyDecoder(
 )
 decode_inspect_chat: ReplyDecoder[ChatMeta] = ReplyDecoder("inspect_chat", ChatMeta, *refused("not_found"))
 decode_history: ReplyDecoder[Page] = ReplyDecoder("history", Page, *refused("not_found", "deleted"))
+decode_erase_chat: ReplyDecoder[Erased | Kept] = ReplyDecoder(
+    "erase_chat", Erased, Kept, *refused("not_found")
+)
 decode_rate_limit: ReplyDecoder[Metered] = ReplyDecoder("rate_limit", Metered)

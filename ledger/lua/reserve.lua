@@ -1,6 +1,7 @@
 -- reserve: hold enough of a chat's budget for one exchange, and price the history the model needs.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
 -- KEYS[5] journal stream   KEYS[6] packed token counts   KEYS[7] (optional) the Idempotency-Key's record
+-- KEYS[8] (with KEYS[7]) the chat's index of its idempotency records
 -- ARGV[1] caller's config id (a chat of another config reads as not found)
 -- ARGV[2] reservation id (fresh per request)
 -- ARGV[3] the numbers, packed (ledger/packing.py), in this order:
@@ -35,6 +36,7 @@
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local context_key = KEYS[6]
 local record_key = KEYS[7]
+local record_index = KEYS[8]
 local config_id = ARGV[1]
 local reservation_id = ARGV[2]
 local prompt_milli, prompt_weight_milli, completion_weight_milli, completion_tokens_max,
@@ -190,6 +192,8 @@ redis.call('ZADD', deadlines, int(deadline), reservation_id)
 journal(journal_key, 'reserve', reservation_id, 0, granted, 0, 0)
 if record_key then
   redis.call('SET', record_key, 'p|' .. fingerprint .. '|' .. reservation_id, 'PX', int(record_ttl_ms))
+  -- Settle rewrites the record with a fresh TTL before the hold's deadline at the latest.
+  index_record(record_index, record_key, now + ttl_ms + record_ttl_ms, now)
 end
 local entries = {}
 if context_mode == CONTEXT_IN_REPLY and context_count > 0 then

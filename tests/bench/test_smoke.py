@@ -32,6 +32,11 @@ ROWS = [
     "Redis memory per message sent through the API",
     "Redis memory per message, history stream alone",
     "Ledger alone: reserve+settle pairs/s",
+    "`openai` provider, non-streamed, 1 worker",
+    "`openai` provider, streamed, 1 worker",
+    "`openai` provider, non-streamed, against the offline model",
+    "`openai` provider, streamed against non-streamed",
+    "Fairness, 1 worker, share 32:",
 ]
 
 

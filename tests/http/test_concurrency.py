@@ -41,8 +41,11 @@ class TestConcurrentSends:
     ) -> None:
         """Only what the limit pays for succeeds; every other answer is 402 (the chat cannot pay) or 429
         `tokens_held` (it could, but messages in flight hold its tokens); charges add up to token_used
-        exactly; the history holds each success as a user/reply pair in order."""
-        settings = Settings(redis_url="redis://unused", key_prefix="cltest", history_messages=2)
+        exactly; the history holds each success as a user/reply pair in order. The config's share of
+        model calls is as large as the sends, so that every send reaches the ledger."""
+        settings = Settings(
+            redis_url="redis://unused", key_prefix="cltest", history_messages=2, model_calls_per_config=SENDS
+        )
         tenants = ledger.TenantStore(real_redis, ledger.Keyspace("cltest"))
         _config, key = await new_tenant(tenants)
         workers = [Api(await aiohttp_client(create_app(settings, redis=c)), key) for c in worker_clients]
