@@ -89,7 +89,8 @@ class TestBehindHAProxy:
     async def test_1000_concurrent_messages_to_20_chats(
         self, run_local: Any, backend: tuple[RedisClient, dict[str, str]]
     ) -> None:
-        """Every answer is 200 or 402; per chat, token_used <= token_limit, the 200s' charges add up to
+        """Every answer is 200, 402 (the chat cannot pay) or 429 `tokens_held` (it could, but messages in
+        flight hold its tokens); per chat, token_used <= token_limit, the 200s' charges add up to
         token_used, nothing stays reserved, and the history is exactly the successes, each as a user
         message followed by its own reply. All three workers served."""
         redis, setting = backend
@@ -99,8 +100,14 @@ class TestBehindHAProxy:
         )
         api_key = (await tenants.issue_key(config.config_id)).api_key
         lb_port, *worker_ports = free_ports(1 + WORKERS)
+        # The config's model-call cap above the load: this test is about each chat's tokens.
         deployment: LocalDeployment = run_local(
-            lb_port, worker_ports, CHATLEDGER_KEY_PREFIX=PREFIX, CHATLEDGER_LOG_LEVEL="warning", **setting
+            lb_port,
+            worker_ports,
+            CHATLEDGER_KEY_PREFIX=PREFIX,
+            CHATLEDGER_LOG_LEVEL="warning",
+            CHATLEDGER_MODEL_CALLS_PER_CONFIG="1000",
+            **setting,
         )
         url = deployment.url
         connector = aiohttp.TCPConnector(limit=CLIENT_CONNECTIONS)
@@ -119,8 +126,10 @@ class TestBehindHAProxy:
             )
 
             statuses = Counter(sent.status for sent in results)
-            assert set(statuses) <= {200, 402}, statuses
+            assert set(statuses) <= {200, 402, 429}, statuses
             assert all(sent.body["code"] == "insufficient_tokens" for sent in results if sent.status == 402)
+            refused = Counter(sent.body["code"] for sent in results if sent.status == 429)
+            assert set(refused) <= {"tokens_held"}, refused
             served = Counter(sent.worker for sent in results)
             assert set(served) == {f"worker{n}" for n in range(1, WORKERS + 1)}, served
             for chat_id in chat_ids:
