@@ -82,6 +82,13 @@ async def fill_history(client: ledger.RedisClient, stream_key: str, messages: in
     return middle
 
 
+def filled_content_bytes(messages: int) -> int:
+    """The UTF-8 bytes of the contents `fill_history` wrote: a question and a reply in turn. Known
+    without reading a million entries back, which one script call would hold Redis for seconds."""
+    question, reply = len(QUESTION.encode()), len(REPLY.encode())
+    return (messages + 1) // 2 * question + messages // 2 * reply
+
+
 async def time_page(session: aiohttp.ClientSession, url: str, samples: int) -> PageTimes:
     """One request at a time: `samples` timed after one untimed."""
     latencies: list[float] = []
@@ -99,14 +106,18 @@ async def time_page(session: aiohttp.ClientSession, url: str, samples: int) -> P
 
 class SlowCall(msgspec.Struct, frozen=True, kw_only=True):
     duration_us: int
+    # The command's name, or for EVALSHA the script's (a ledger script's file name, `trivial` for the
+    # bare handlers' `return 1`, else the SHA).
     command: str
 
 
 class SlowLog:
     """The Redis calls slower than SLOWLOG_THRESHOLD_US inside the windows `start` .. `take`."""
 
-    def __init__(self, client: ledger.RedisClient) -> None:
+    def __init__(self, client: ledger.RedisClient, scripts: dict[str, str]) -> None:
+        """`scripts`: SHA -> name of the scripts whose calls should be named."""
         self._client = client
+        self._scripts = scripts
         self.calls: list[SlowCall] = []
 
     async def start(self) -> None:
@@ -120,8 +131,19 @@ class SlowLog:
         await self._client.config_set("slowlog-log-slower-than", -1)
         for entry in entries:
             command = entry["command"]
-            name = command.decode(errors="replace") if isinstance(command, bytes) else str(command)
-            self.calls.append(SlowCall(duration_us=int(entry["duration"]), command=name.split(" ")[0]))
+            text = command.decode(errors="replace") if isinstance(command, bytes) else str(command)
+            words = text.split(" ", 2)
+            name = words[0].lower()
+            if name == "evalsha" and len(words) > 1:
+                name = self._scripts.get(words[1], words[1])
+            self.calls.append(SlowCall(duration_us=int(entry["duration"]), command=name))
 
-    def slowest(self) -> SlowCall | None:
-        return max(self.calls, key=lambda call: call.duration_us, default=None)
+    def chosen(self, *, only: str | None = None, excluding: str = "") -> list[SlowCall]:
+        """The calls of command `only` (any, when None), those of `excluding` left out."""
+        return [c for c in self.calls if c.command != excluding and only in (None, c.command)]
+
+    def slowest(self, *, only: str | None = None, excluding: str = "") -> SlowCall | None:
+        return max(self.chosen(only=only, excluding=excluding), key=lambda c: c.duration_us, default=None)
+
+    def over(self, limit_us: int, *, only: str | None = None, excluding: str = "") -> int:
+        return sum(1 for c in self.chosen(only=only, excluding=excluding) if c.duration_us > limit_us)

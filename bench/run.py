@@ -47,6 +47,7 @@ from bench import (
 from bench.baseline import TRIVIAL_SCRIPT
 from bench.processes import BenchError, Children, start_baseline, start_service
 from bench.table import Row, render
+from ledger.scripts import SCRIPT_NAMES, script_source
 from service.workers import loop_factory
 from tests.redis_servers import RedisServer, free_ports
 
@@ -133,7 +134,9 @@ class Bench:
             for _ in range(self.options.chats)
         ]
         # Every phase that loads the API logs Redis's slow calls; the bench's own setup runs outside.
-        slowlog = self.slowlog = history_bench.SlowLog(client)
+        shas = {hashlib.sha1(script_source(name).encode()).hexdigest(): name for name in SCRIPT_NAMES}
+        shas[hashlib.sha1(TRIVIAL_SCRIPT.encode()).hexdigest()] = "trivial"
+        slowlog = self.slowlog = history_bench.SlowLog(client, shas)
         for workers in (1, 2):
             port, bare_py_port, bare_pipe_port = free_ports(3)
             started = [start_service(children, server.url, port, workers)]
@@ -293,7 +296,7 @@ class Bench:
         big_middle = await history_bench.fill_history(client, KEYS.chat_messages(big), o.big_history)
         after = await redis_stats.used_memory(client)
         small_middle = await history_bench.fill_history(client, KEYS.chat_messages(small), o.small_history)
-        _messages, size = await redis_stats.content_bytes(client, [KEYS.chat_messages(big)])
+        size = history_bench.filled_content_bytes(o.big_history)
         what = f"Redis memory per message, history stream alone ({o.big_history:,}-message chat)"
         self.rows.append(_memory_row(33, what, after - before, o.big_history, size))
         base = f"http://127.0.0.1:{port}/chats"
@@ -412,23 +415,29 @@ async def _deep_page_row(session: aiohttp.ClientSession, url: str, o: Options) -
 
 
 def _slowlog_row(slowlog: history_bench.SlowLog) -> Row:
-    """The slowest Redis call while the API was under the bench's load (SLOWLOG), against 5 ms."""
-    slowest = slowlog.slowest()
-    limit_us = 5_000
-    floor_us = history_bench.SLOWLOG_THRESHOLD_US
-    over = sum(1 for call in slowlog.calls if call.duration_us > limit_us)
-    ours = (
-        f"{slowest.duration_us / 1000:.2f} ms ({slowest.command}); {len(slowlog.calls)} calls over "
-        f"{floor_us / 1000:.2f} ms, {over} over 5 ms"
-        if slowest
-        else f"none over {floor_us / 1000:.2f} ms"
+    """The slowest Redis call of the API's requests while it was under the bench's load (SLOWLOG),
+    against 5 ms; beside it the bare handlers' `return 1` in the same windows, whose slowest call is
+    this machine's scheduling noise (SLOWLOG times wall clock: a preempted Redis shows in it)."""
+    limit_us, floor_us = 5_000, history_bench.SLOWLOG_THRESHOLD_US
+    ours = slowlog.slowest(excluding="trivial")
+    trivial = max(
+        (c for c in slowlog.calls if c.command == "trivial"), key=lambda c: c.duration_us, default=None
     )
+
+    def figure(call: history_bench.SlowCall | None, over: int) -> str:
+        if call is None:
+            return f"none over {floor_us / 1000:.2f} ms"
+        return f"max {call.duration_us / 1000:.2f} ms ({call.command}), {over} calls over 5 ms"
+
     return Row(
         order=24,
-        figure="Slowest Redis call during the API runs (SLOWLOG: loads, history pages, overload)",
-        ours=ours,
-        baseline="the target, 5 ms",
-        ratio=(slowest.duration_us if slowest else floor_us) / limit_us,
+        figure="Slowest Redis call of the API's requests during the bench (SLOWLOG: loads, pages, overload)",
+        ours=figure(ours, slowlog.over(limit_us, excluding="trivial"))
+        + "; of history pages: "
+        + figure(slowlog.slowest(only="history"), slowlog.over(limit_us, only="history")),
+        baseline="the target, 5 ms; the bare handlers' `return 1` in the same windows: "
+        + figure(trivial, slowlog.over(limit_us, only="trivial")),
+        ratio=(ours.duration_us if ours else floor_us) / limit_us,
         target="≤ 1",
     )
 

@@ -27,7 +27,7 @@ ROWS = [
     "History cursor page from the middle",
     "History offset page in the middle",
     "History page of 50 at offset",
-    "Slowest Redis call during the API runs",
+    "Slowest Redis call of the API's requests",
     "Redis round trips per message |",
     "Redis memory per message sent through the API",
     "Redis memory per message, history stream alone",

@@ -39,14 +39,16 @@ class SlowModel(OfflineModel):
 
 @pytest.fixture
 async def burst_api(aiohttp_client: Any, real_redis: Redis) -> tuple[Api, Ledger]:
-    # The in-flight cap above the burst: this test is about the chat's tokens, not the worker's cap. No
-    # history in the context, so every exchange costs what the first one does.
+    # The in-flight cap and the config's model calls above the burst: this test is about the chat's
+    # tokens, not the worker's caps. No history in the context, so every exchange costs what the first
+    # one does.
     settings = Settings(
         history_messages=0,
         redis_url="redis://unused",
         key_prefix="cltest",
         auth_cache_ttl_s=0,
         max_in_flight=1000,
+        model_calls_per_config=1000,
     )
     client: TestClient[web.Request, web.Application] = await aiohttp_client(
         create_app(settings, redis=real_redis, provider=SlowModel())

@@ -103,22 +103,25 @@ class TestChatsWrittenBeforePositions:
         await _assert_offsets_are_slices(ledger, config, chat.chat_id)
 
 
-# Builds a chat's history as settle.lua lays it out, in one call: ARGV[1] messages, ARGV[2] the time part.
-# Entry i is '<i>-<time>' with the fields u, c, t, m, f; the meta's ctxlen and last follow the stream.
+# Builds a chat's history as settle.lua lays it out, one Lua loop called per batch: ARGV[1] and ARGV[2]
+# the first and the last position, ARGV[3] the time part. Entry i is '<i>-<time>' with the fields u, c,
+# t, m, f; the meta's ctxlen and last follow the stream. Batches keep each call short: one call of a
+# million XADDs outlives the client's read timeout on a busy machine, and holds Redis (BUSY) meanwhile.
 _BUILD = """
-local n, time = tonumber(ARGV[1]), ARGV[2]
+local first, last, time = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local id
-for i = 0, n - 1 do
+for i = first, last do
   local user = i % 2 == 0
   id = string.format('%d', i) .. '-' .. time
   redis.call('XADD', KEYS[2], id, 'u', user and '1' or '0', 'c', 'm' .. i, 't', tostring(i % 7 + 1),
     'm', user and '0' or tostring(i % 5000), 'f', '')
 end
-redis.call('HSET', KEYS[1], 'ctxlen', n, 'last', id)
+redis.call('HSET', KEYS[1], 'ctxlen', last + 1, 'last', id)
 return id
 """
 
 MILLION = 1_000_000
+BUILD_BATCH = 50_000
 
 
 def _expected(offset: int, count: int, time_ms: int) -> list[StoredMessage]:
@@ -146,9 +149,9 @@ async def test_a_million_message_chat(real_redis: Redis, keyspace: Keyspace) -> 
     config = await TenantStore(real_redis, keyspace).create_config(agent_name="Agent", company_name="Co")
     chat = await ledger.create_chat(config, 10**9)
     time_ms = 1_764_770_000_000
-    newest = await real_redis.eval(
-        _BUILD, 2, keyspace.chat_meta(chat.chat_id), keyspace.chat_messages(chat.chat_id), MILLION, time_ms
-    )
+    keys = (keyspace.chat_meta(chat.chat_id), keyspace.chat_messages(chat.chat_id))
+    for first in range(0, MILLION, BUILD_BATCH):
+        newest = await real_redis.eval(_BUILD, 2, *keys, first, first + BUILD_BATCH - 1, time_ms)
     assert newest == f"{MILLION - 1}-{time_ms}"
 
     for offset in (0, 250_000, 500_000, 999_950):

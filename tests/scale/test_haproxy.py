@@ -105,7 +105,11 @@ class TestBehindHAProxy:
         api_key = (await tenants.issue_key(config.config_id)).api_key
         lb_port, *worker_ports = free_ports(1 + WORKERS)
         deployment: LocalDeployment = run_local(
-            lb_port, worker_ports, CHATLEDGER_KEY_PREFIX=PREFIX, CHATLEDGER_LOG_LEVEL="warning", **setting
+            lb_port,
+            worker_ports,
+            CHATLEDGER_KEY_PREFIX=PREFIX,
+            CHATLEDGER_LOG_LEVEL="warning",
+            **setting,
         )
         url = deployment.url
         connector = aiohttp.TCPConnector(limit=CLIENT_CONNECTIONS)
@@ -126,7 +130,8 @@ class TestBehindHAProxy:
             statuses = Counter(sent.status for sent in results)
             assert set(statuses) <= {200, 402, 429}, statuses
             assert all(sent.body["code"] == "insufficient_tokens" for sent in results if sent.status == 402)
-            assert all(sent.body["code"] == "tokens_held" for sent in results if sent.status == 429)
+            refused = Counter(sent.body["code"] for sent in results if sent.status == 429)
+            assert set(refused) <= {"tokens_held"}, refused
             served = Counter(sent.worker for sent in results)
             assert set(served) == {f"worker{n}" for n in range(1, WORKERS + 1)}, served
             for chat_id in chat_ids:
