@@ -30,6 +30,8 @@ ROWS = [
     "Redis memory per message sent through the API",
     "Redis memory per message, history stream alone",
     "Ledger alone: reserve+settle pairs/s",
+    "`POST /chats/messages/`, 2 workers, `CHATLEDGER_DURABILITY=replica`",
+    "`CHATLEDGER_DURABILITY=replica`, p99 latency",
 ]
 
 

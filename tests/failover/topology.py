@@ -19,7 +19,14 @@ from pathlib import Path
 
 import redis
 
-from tests.redis_servers import REDIS_SERVER_BINARY, RedisServer, RedisServerError, free_port
+from tests.redis_servers import (
+    REDIS_CLI_BINARY,
+    REDIS_SERVER_BINARY,
+    RedisServer,
+    RedisServerError,
+    free_port,
+    free_ports,
+)
 
 SERVICE = "chatledger"
 # Sentinels call a primary down after this long without an answer; small, so a test's failover is quick.
@@ -274,3 +281,126 @@ def _info(port: int) -> dict[str, str]:
 
 def _role(port: int) -> str | None:
     return _info(port).get("role")
+
+
+class ReplicatedCluster:
+    """A Redis Cluster of three primaries with one replica each, whose nodes call a silent peer failed
+    after NODE_TIMEOUT_MS, so a killed primary's replica takes over within seconds."""
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self) -> None:
+        ports = free_ports(12)
+        self.servers = [
+            RedisServer(
+                port=port,
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    str(bus),
+                    "--cluster-node-timeout",
+                    str(self.NODE_TIMEOUT_MS),
+                    "--repl-diskless-sync",
+                    "no",
+                ],
+            )
+            for port, bus in zip(ports[::2], ports[1::2], strict=True)
+        ]
+        self._replicas_at_start: dict[int, list[int]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.servers[0].port}"
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
+        create = [str(REDIS_CLI_BINARY), "--cluster", "create", *addresses, "--cluster-replicas", "1"]
+        result = subprocess.run(
+            [*create, "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False
+        )
+        if result.returncode != 0:
+            raise RedisServerError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        SentinelTopology._wait(self._ready, timeout_s=30.0)
+        self.remember_replicas()
+
+    def primary_of(self, port_of_key: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port_of_key)
+
+    def kill(self, server: RedisServer) -> None:
+        process = server._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        server._process = None
+
+    def wait_promoted(self, old_port: int) -> int:
+        """The port of the replica that took over from `old_port`, once the cluster is ok again."""
+
+        def promoted() -> bool:
+            return self._state_ok() and any(
+                _info(s.port).get("role") == "master" and self._was_replica_of(s, old_port)
+                for s in self.live()
+            )
+
+        SentinelTopology._wait(promoted, timeout_s=30.0)
+        return next(s.port for s in self.live() if self._was_replica_of(s, old_port))
+
+    def rejoin(self, server: RedisServer) -> None:
+        """Start a killed node again: empty (no persistence) but knowing the cluster (nodes.conf), it
+        comes back as a replica of the node that took its slots; return once it has synced."""
+        server.start()
+        SentinelTopology._wait(
+            lambda: _info(server.port).get("master_link_status") == "up" and self._state_ok(), timeout_s=30.0
+        )
+
+    def live(self) -> list[RedisServer]:
+        return [server for server in self.servers if server.running]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+    def __enter__(self) -> ReplicatedCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ready(self) -> bool:
+        replicas = [s for s in self.servers if _info(s.port).get("role") == "slave"]
+        synced = all(_info(s.port).get("master_link_status") == "up" for s in replicas)
+        return self._state_ok() and len(replicas) == 3 and synced
+
+    def _state_ok(self) -> bool:
+        for server in self.live():
+            with redis.Redis(port=server.port, socket_timeout=1, decode_responses=True) as client:
+                try:
+                    if client.cluster("INFO").get("cluster_state") != "ok":
+                        return False
+                except redis.RedisError:
+                    return False
+        return True
+
+    def _was_replica_of(self, server: RedisServer, old_port: int) -> bool:
+        """Whether `server` replicated `old_port` (its master_port, kept after a promotion in the
+        nodes' view as the old primary's slots, so asked of CLUSTER NODES)."""
+        return server.port in self._replicas_at_start.get(old_port, [])
+
+    def remember_replicas(self) -> None:
+        """Who replicates whom, before anything is killed."""
+        found: dict[int, list[int]] = {}
+        for server in self.servers:
+            info = _info(server.port)
+            if info.get("role") == "slave":
+                found.setdefault(int(info["master_port"]), []).append(server.port)
+        self._replicas_at_start = found
