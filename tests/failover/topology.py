@@ -39,8 +39,11 @@ class LinkProxy:
     upstream (the primary) sends, so the replica behind it falls behind while staying connected, as
     behind a partition; `heal()` delivers what was held back, and forwarding goes on."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, replication_only: bool = False) -> None:
         self.upstream_port = upstream_port
+        # Clients go through too (a cluster node announcing this port): only the connections that
+        # asked for the replication stream (PSYNC) are cut.
+        self.replication_only = replication_only
         self.port = free_port()
         self.cut_off = False
         self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
@@ -101,21 +104,29 @@ class LinkProxy:
             writer.close()
             return
         self._writers += [writer, up_writer]
+        replicating = [not self.replication_only]
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, downstream=False),
-                self._pipe(up_reader, writer, downstream=True),
+                self._pipe(reader, up_writer, downstream=False, replicating=replicating),
+                self._pipe(up_reader, writer, downstream=True, replicating=replicating),
             )
         finally:
             writer.close()
             up_writer.close()
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, downstream: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        downstream: bool,
+        replicating: list[bool],
     ) -> None:
         try:
             while data := await reader.read(65536):
-                if downstream and self.cut_off:
+                if not downstream and b"SYNC" in data:
+                    replicating[0] = True
+                if downstream and self.cut_off and replicating[0]:
                     self._held.append((writer, data))  # the partition: held until healed, if ever
                     continue
                 writer.write(data)
@@ -291,6 +302,9 @@ class ReplicatedCluster:
 
     def __init__(self) -> None:
         ports = free_ports(12)
+        # Every node announces its proxy's port, so clients and replicas alike reach it through a
+        # LinkProxy that can cut the replication streams it carries.
+        self.proxies = [LinkProxy(port, replication_only=True) for port in ports[::2]]
         self.servers = [
             RedisServer(
                 port=port,
@@ -303,17 +317,23 @@ class ReplicatedCluster:
                     str(bus),
                     "--cluster-node-timeout",
                     str(self.NODE_TIMEOUT_MS),
+                    "--cluster-announce-port",
+                    str(proxy.port),
+                    "--cluster-announce-bus-port",
+                    str(bus),
                     "--repl-diskless-sync",
                     "no",
                 ],
             )
-            for port, bus in zip(ports[::2], ports[1::2], strict=True)
+            for port, bus, proxy in zip(ports[::2], ports[1::2], self.proxies, strict=True)
         ]
+        # The node behind each announced (proxy) port.
+        self.behind = {proxy.port: server for proxy, server in zip(self.proxies, self.servers, strict=True)}
         self._replicas_at_start: dict[int, list[int]] = {}
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.servers[0].port}"
+        return f"redis://127.0.0.1:{self.proxies[0].port}"
 
     def start(self) -> None:
         for server in self.servers:
@@ -328,8 +348,13 @@ class ReplicatedCluster:
         SentinelTopology._wait(self._ready, timeout_s=30.0)
         self.remember_replicas()
 
-    def primary_of(self, port_of_key: int) -> RedisServer:
-        return next(server for server in self.servers if server.port == port_of_key)
+    def primary_of(self, announced_port: int) -> RedisServer:
+        """The node a client reaches at `announced_port` (its proxy's)."""
+        return self.behind[announced_port]
+
+    def cut(self, primary: RedisServer) -> None:
+        """Cut `primary`'s replication stream to its replica (clients still reach it)."""
+        self.proxies[self.servers.index(primary)].cut()
 
     def kill(self, server: RedisServer) -> None:
         process = server._process
@@ -364,6 +389,8 @@ class ReplicatedCluster:
     def close(self) -> None:
         for server in self.servers:
             server.close()
+        for proxy in self.proxies:
+            proxy.close()
 
     def __enter__(self) -> ReplicatedCluster:
         try:
@@ -402,5 +429,6 @@ class ReplicatedCluster:
         for server in self.servers:
             info = _info(server.port)
             if info.get("role") == "slave":
-                found.setdefault(int(info["master_port"]), []).append(server.port)
+                primary = self.behind[int(info["master_port"])]
+                found.setdefault(primary.port, []).append(server.port)
         self._replicas_at_start = found
