@@ -42,8 +42,11 @@ class LoadResult(msgspec.Struct, frozen=True, kw_only=True):
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
 
-def body(chat_id: str) -> bytes:
-    return json.dumps({"chat_id": chat_id, "content": CONTENT}).encode()
+def body(chat_id: str, *, stream: bool = False) -> bytes:
+    fields: dict[str, object] = {"chat_id": chat_id, "content": CONTENT}
+    if stream:
+        fields["stream"] = True
+    return json.dumps(fields).encode()
 
 
 def wrk_available() -> bool:
@@ -59,7 +62,7 @@ wrk.headers["Content-Type"] = "application/json"
 request = function()
   n = n + 1
   local chat = chats[(n %% #chats) + 1]
-  return wrk.format(nil, "%(path)s", nil, '{"chat_id": "' .. chat .. '", "content": "%(content)s"}')
+  return wrk.format(nil, "%(path)s", nil, '{"chat_id": "' .. chat .. '", "content": "%(content)s"%(extra)s}')
 end
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -71,9 +74,17 @@ end
 
 
 def run_wrk(
-    url: str, api_key: str, chat_ids: Sequence[str], *, seconds: float, connections: int, workdir: Path
+    url: str,
+    api_key: str,
+    chat_ids: Sequence[str],
+    *,
+    seconds: float,
+    connections: int,
+    workdir: Path,
+    stream: bool = False,
 ) -> LoadResult:
-    """One wrk run (one thread: the machine's cores are for the servers), bounded in time."""
+    """One wrk run (one thread: the machine's cores are for the servers), bounded in time; `stream`
+    asks for Server-Sent Events (`"stream": true` in the body)."""
     script = workdir / "messages.lua"
     script.write_text(
         _WRK_SCRIPT
@@ -82,6 +93,7 @@ def run_wrk(
             "key": api_key,
             "path": MESSAGE_PATH,
             "content": CONTENT,
+            "extra": ', "stream": true' if stream else "",
         }
     )
     duration = f"{max(1, round(seconds))}s"
@@ -102,13 +114,20 @@ def run_wrk(
 
 
 async def run_aiohttp(
-    url: str, api_key: str, chat_ids: Sequence[str], *, seconds: float, connections: int, max_requests: int
+    url: str,
+    api_key: str,
+    chat_ids: Sequence[str],
+    *,
+    seconds: float,
+    connections: int,
+    max_requests: int,
+    stream: bool = False,
 ) -> LoadResult:
     """The same load from Python: `connections` tasks on as many connections, until the time or the
     count runs out."""
     latencies: list[float] = []
     errors = 0
-    bodies = [body(chat_id) for chat_id in chat_ids]
+    bodies = [body(chat_id, stream=stream) for chat_id in chat_ids]
     headers = {"X-API-Key": api_key, "Content-Type": "application/json"}
     started = time.perf_counter()
     deadline = started + seconds

@@ -34,7 +34,10 @@ from ledger.errors import (
     ReservationError,
     ReservationExpired,
     ReservationNotFound,
+    TokensHeld,
 )
+from ledger.export import CURSOR_PATTERN as EXPORT_CURSOR_PATTERN
+from ledger.export import ExportCursor, ExportedChat, ExportedMessage, ExportPage
 from ledger.history import HistoryQuery, parse_message_id
 from ledger.idempotency import IdempotencyKey
 from ledger.keys import Keyspace, normalize_uuid
@@ -58,6 +61,7 @@ from ledger.tenants import TenantStore
 
 __all__ = [
     "AMOUNT_TOKENS_MAX",
+    "EXPORT_CURSOR_PATTERN",
     "Branding",
     "ChatDeleted",
     "ChatNotDeleted",
@@ -69,6 +73,10 @@ __all__ = [
     "DuplicateInFlight",
     "Durability",
     "ExchangeReplayed",
+    "ExportCursor",
+    "ExportPage",
+    "ExportedChat",
+    "ExportedMessage",
     "HistoryPage",
     "HistoryQuery",
     "IdempotencyKey",
@@ -97,6 +105,7 @@ __all__ = [
     "Settlement",
     "StoredMessage",
     "TenantStore",
+    "TokensHeld",
     "connect",
     "connect_cluster",
     "connect_sentinel",

@@ -74,6 +74,31 @@ class InsufficientTokens(LedgerError):
         super().__init__("Not enough tokens left in this chat for the message and a reply.")
 
 
+class TokensHeld(LedgerError):
+    """The chat could pay for the prompt plus one reply token, but other messages in flight hold those
+    tokens: not a lack of tokens (402), a retry may pass once their holds settle. Nothing was reserved."""
+
+    code = "tokens_held"
+    # Seconds a client should wait: holds settle when their model call ends.
+    retry_after_s = 1
+
+    def __init__(
+        self,
+        *,
+        available_milli: int,
+        needed_milli: int,
+        limit_milli: int,
+        used_milli: int,
+        reserved_milli: int,
+    ) -> None:
+        self.available_milli = available_milli
+        self.needed_milli = needed_milli
+        self.limit_milli = limit_milli
+        self.used_milli = used_milli
+        self.reserved_milli = reserved_milli
+        super().__init__("This chat's free tokens are held by messages in flight; retry after Retry-After.")
+
+
 class ReservationError(LedgerError):
     """A settle or void that found no open reservation: each cause has its own code (style.md 8)."""
 

@@ -17,13 +17,15 @@ from ledger.connection import RedisClient, durability_of
 from ledger.context import context_source
 from ledger.durable import CLUSTER_MARKER_TTL_MS
 from ledger.errors import wrap_redis_errors
+from ledger.export import Export
 from ledger.keys import Keyspace
 from ledger.limits import LedgerLimits
 from ledger.messages import Messages
+from ledger.retention import Retention
 from ledger.scripts import Scripts
 
 
-class Ledger(Chats, Messages):
+class Ledger(Chats, Messages, Retention, Export):
     """The chat ledger on one Redis client. Construct once per process; `start()` before use."""
 
     def __init__(self, redis: RedisClient, keys: Keyspace, limits: LedgerLimits | None = None) -> None:

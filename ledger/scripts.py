@@ -17,7 +17,14 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from ledger.connection import RedisClient, group_commit_of, multiplexer_of
-from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK, HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
+from ledger.limits import (
+    CONTEXT_TOKENS_KEPT,
+    CONTEXT_TOKENS_SLACK,
+    ERASE_RECORDS_MAX,
+    HISTORY_SKIP_CHUNK,
+    HOLD_REPLY_FLOOR_TOKENS,
+    REAP_BATCH_MAX,
+)
 from ledger.multiplex import Command
 
 SCRIPT_NAMES = (
@@ -28,8 +35,10 @@ SCRIPT_NAMES = (
     "top_up",
     "delete_chat",
     "restore_chat",
+    "inspect_chat",
     "history",
     "rate_limit",
+    "erase_chat",
 )
 # The scripts that move money or history: with a durability, each waits for a replica's acknowledgement
 # (ledger/durable.py). A reserve does not: a hold lost with its primary is caught by the settle, which
@@ -60,6 +69,8 @@ def script_source(name: str) -> str:
         f"local REAP_BATCH_MAX = {REAP_BATCH_MAX}\nlocal HISTORY_SKIP_CHUNK = {HISTORY_SKIP_CHUNK}\n"
         f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
         f"local CONTEXT_TOKENS_SLACK = {CONTEXT_TOKENS_SLACK}\n"
+        f"local ERASE_RECORDS_MAX = {ERASE_RECORDS_MAX}\n"
+        f"local HOLD_REPLY_FLOOR_TOKENS = {HOLD_REPLY_FLOOR_TOKENS}\n"
     ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)
 
@@ -85,8 +96,10 @@ class Scripts:
         self.top_up: AsyncScript = redis.register_script(_SOURCES["top_up"])
         self.delete_chat: AsyncScript = redis.register_script(_SOURCES["delete_chat"])
         self.restore_chat: AsyncScript = redis.register_script(_SOURCES["restore_chat"])
+        self.inspect_chat: AsyncScript = redis.register_script(_SOURCES["inspect_chat"])
         self.history: AsyncScript = redis.register_script(_SOURCES["history"])
         self.rate_limit: AsyncScript = redis.register_script(_SOURCES["rate_limit"])
+        self.erase_chat: AsyncScript = redis.register_script(_SOURCES["erase_chat"])
 
     async def call(
         self, name: str, *, keys: Sequence[str], args: Sequence[str | bytes | int | float] = ()

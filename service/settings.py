@@ -148,6 +148,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             le=100_000,
         ),
     ] = 100
+    # Model calls one config may have running at once on a worker, unless its config sets
+    # `model_calls_max`; past it, an immediate 429 `model_calls_exceeded` (service/model_calls.py). Below
+    # max_in_flight, so that a config that holds its whole share leaves the worker to the others.
+    model_calls_per_config: Annotated[
+        int,
+        _meta("model calls one config may have running at once per worker; more get 429", ge=1, le=100_000),
+    ] = 32
     # Test and demo only: each message a client sends, through the API or the widget, waits this long
     # before it is handled (service/delay.py).
     message_delay_ms: Annotated[
@@ -217,6 +224,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     openai_connect_timeout_s: Annotated[
         float, _meta("seconds to open a connection to the model server", gt=0, le=300)
     ] = 5.0
+    # The worker's connections to the model server, shared by every config (each config's share of them
+    # is model_calls_per_config), and how long a call waits for one when all are busy: a wait of its
+    # own, so that a full pool fails a call in seconds instead of eating its exchange's deadline.
+    openai_pool_size: Annotated[
+        int, _meta("connections a worker keeps to the model server, for every config", ge=1, le=10_000)
+    ] = 100
+    openai_pool_wait_s: Annotated[
+        float,
+        _meta("seconds a model call waits for a free connection when all are busy", gt=0, le=60),
+    ] = 1.0
     openai_read_timeout_s: Annotated[
         float, _meta("most seconds between two reads, the first byte included", gt=0, le=3600)
     ] = 30.0
@@ -250,6 +267,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         _meta("a hold's deadline in seconds; above openai_total_timeout_s with `openai`", ge=1, le=7200),
     ] = 120
+    # A hold's reply part is at most this share of the reply tokens a chat has free (LedgerLimits), so
+    # concurrent messages of a chat with a small budget hold at once instead of one after the other.
+    hold_shares: Annotated[
+        int,
+        _meta("a hold takes at most 1/N of a chat's free reply tokens (1: all of them)", ge=1, le=64),
+    ] = 4
     # How long a worker trusts a resolved API key: the bound on how late a revocation takes effect.
     auth_cache_ttl_s: Annotated[
         float,
@@ -307,6 +330,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         float, _meta("tokens of each chat the widget starts", gt=0, le=AMOUNT_TOKENS_MAX)
     ] = 1000.0
 
+    # --- data lifecycle (design.md section 12) ---
+    # A soft-deleted chat is erased for good (every record of it) this long after its deletion, by a
+    # background pass; 0 keeps deleted chats until an operator erases them.
+    deleted_chat_retention_s: Annotated[
+        float,
+        _meta("seconds a soft-deleted chat is kept before it is erased for good; 0: kept", ge=0, le=3.2e9),
+    ] = 0.0
+    # How often a worker looks for deleted chats past their retention; one worker does a pass at a time.
+    retention_interval_s: Annotated[
+        float, _meta("seconds between two passes of the deleted-chat retention", ge=0.05, le=86_400)
+    ] = 60.0
+
     @property
     def cors_origin_list(self) -> frozenset[str]:
         return _origin_list(self.cors_origins)
@@ -321,7 +356,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return Durability(1, self.durability_timeout_ms) if self.durability == "replica" else None
 
     def ledger_limits(self) -> LedgerLimits:
-        return LedgerLimits(reservation_ttl_ms=self.reservation_ttl_s * 1000)
+        return LedgerLimits(reservation_ttl_ms=self.reservation_ttl_s * 1000, hold_shares=self.hold_shares)
 
     @property
     def api_prefix(self) -> str:

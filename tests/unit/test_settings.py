@@ -53,7 +53,9 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "header_timeout_s": ["0", "301", "inf"],
     "keepalive_timeout_s": ["0", "3601"],
     "max_in_flight": ["0", "100001", "many"],
+    "model_calls_per_config": ["0", "100001", "1.5"],
     "message_delay_ms": ["-1", "600001"],
+    "hold_shares": ["0", "65", "half"],
     "key_prefix": ["a{b}", "k" * 33, "has space"],
     "log_format": ["xml"],
     "log_level": ["verbose"],
@@ -64,6 +66,8 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "openai_api_key": ["sk x", "k" * 4097],
     "openai_model": ["gpt 4", "m" * 257],
     "openai_connect_timeout_s": ["0", "301"],
+    "openai_pool_size": ["0", "10001", "many"],
+    "openai_pool_wait_s": ["0", "61", "soon"],
     "openai_read_timeout_s": ["0", "3601"],
     "openai_total_timeout_s": ["0", "3601"],
     "openai_max_retries": ["-1", "11"],
@@ -78,6 +82,8 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "demo_api_key": ["has space", "cl\u00e9"],
     "widget_api_key": ["has space", "k" * 513],
     "widget_token_limit": ["0", "1e13"],
+    "deleted_chat_retention_s": ["-1", "1e10", "nan"],
+    "retention_interval_s": ["0", "0.01", "86401"],
 }
 CASES = [pytest.param(name, value, id=f"{env_name(name)}={value[:20]}") for name in FIELDS
          for value in OUT_OF_RANGE.get(name, [])]  # fmt: skip
