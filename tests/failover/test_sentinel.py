@@ -20,7 +20,7 @@ from service.app import create_app
 from service.providers import Completion, CompletionRequest
 from service.providers.offline import OfflineModel
 from service.settings import Settings
-from tests.failover.topology import SERVICE, SentinelTopology
+from tests.failover.topology import SentinelTopology
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -114,8 +114,7 @@ class TestSentinelClient:
             await store.top_up(chat.chat_id)
             old = topology.primary.port
             topology.wait_replicated()
-            with redis.Redis(port=topology.sentinels[0].port, decode_responses=True) as sentinel:
-                sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+            topology.fail_over()
             _host, new_port = topology.wait_promoted(old)
             topology.wait_role(old, "slave")
             # The client's connections are still to the old primary: the first write meets READONLY.

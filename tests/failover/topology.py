@@ -46,6 +46,7 @@ class LinkProxy:
         self.replication_only = replication_only
         self.port = free_port()
         self.cut_off = False
+        self.losing: bytes | None = None
         self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
         self._writers: list[asyncio.StreamWriter] = []
         self._loop = asyncio.new_event_loop()
@@ -58,6 +59,11 @@ class LinkProxy:
 
     def cut(self) -> None:
         self._loop.call_soon_threadsafe(setattr, self, "cut_off", True)
+
+    def lose_reply_to(self, word: bytes) -> None:
+        """The next client command holding `word` reaches the node, and its reply is lost with the
+        connection: the node ran it, the client cannot know."""
+        self._loop.call_soon_threadsafe(setattr, self, "losing", word)
 
     def heal(self) -> None:
         done = threading.Event()
@@ -104,11 +110,12 @@ class LinkProxy:
             writer.close()
             return
         self._writers += [writer, up_writer]
-        replicating = [not self.replication_only]
+        # [replicating, this connection's next reply is to be lost]
+        state = [not self.replication_only, False]
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, downstream=False, replicating=replicating),
-                self._pipe(up_reader, writer, downstream=True, replicating=replicating),
+                self._pipe(reader, up_writer, downstream=False, state=state),
+                self._pipe(up_reader, writer, downstream=True, state=state),
             )
         finally:
             writer.close()
@@ -120,13 +127,18 @@ class LinkProxy:
         writer: asyncio.StreamWriter,
         *,
         downstream: bool,
-        replicating: list[bool],
+        state: list[bool],
     ) -> None:
         try:
             while data := await reader.read(65536):
                 if not downstream and b"SYNC" in data:
-                    replicating[0] = True
-                if downstream and self.cut_off and replicating[0]:
+                    state[0] = True
+                if not downstream and self.losing is not None and self.losing in data:
+                    self.losing, state[1] = None, True
+                if downstream and state[1]:
+                    writer.transport.abort()  # the reply goes nowhere, and the connection with it
+                    return
+                if downstream and self.cut_off and state[0]:
                     self._held.append((writer, data))  # the partition: held until healed, if ever
                     continue
                 writer.write(data)
@@ -233,6 +245,22 @@ class SentinelTopology:
 
         self._wait(promoted, timeout_s=30.0)
         return next(a for a in (s.primary() for s in self.sentinels) if a and a[1] != old_port)
+
+    def fail_over(self) -> None:
+        """SENTINEL FAILOVER, asked again while the sentinel has no replica it trusts yet (NOGOODSLAVE:
+        just started, it has not heard from them)."""
+
+        def accepted() -> bool:
+            with redis.Redis(port=self.sentinels[0].port, decode_responses=True) as sentinel:
+                try:
+                    sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                except redis.ResponseError as exc:
+                    if "NOGOODSLAVE" not in str(exc):
+                        raise
+                    return False
+            return True
+
+        self._wait(accepted)
 
     def wait_role(self, port: int, role: str) -> None:
         """Return once the node on `port` says it is a `role` (`master` or `slave`)."""
@@ -351,6 +379,9 @@ class ReplicatedCluster:
     def primary_of(self, announced_port: int) -> RedisServer:
         """The node a client reaches at `announced_port` (its proxy's)."""
         return self.behind[announced_port]
+
+    def proxy_of(self, server: RedisServer) -> LinkProxy:
+        return self.proxies[self.servers.index(server)]
 
     def cut(self, primary: RedisServer) -> None:
         """Cut `primary`'s replication stream to its replica (clients still reach it)."""
