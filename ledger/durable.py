@@ -36,7 +36,8 @@ from redis.exceptions import RedisError
 from ledger.multiplex import Command, Multiplexer, error_for, raise_error
 
 # Commands that change data, as the ledger and the service send them: pipelined with WAIT when durable.
-# A script counts as a write: the ledger's read-only scripts go through the multiplexer, never here.
+# A script counts as a write: the ledger's read-only scripts take the multiplexer, which does not come
+# here; on a client without one (TLS, a Unix socket) they wait too, which costs time and nothing else.
 WRITE_COMMANDS = frozenset({
     "SET", "SETNX", "SETEX", "PSETEX", "GETDEL", "GETSET", "DEL", "UNLINK", "RENAME", "RENAMENX",
     "EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT", "PERSIST", "INCR", "INCRBY", "DECR", "DECRBY",

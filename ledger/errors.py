@@ -7,9 +7,11 @@ method of Ledger and TenantStore and nothing else, so `service/` never imports a
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
+import redis
 import redis.exceptions
 
 from ledger.durable import ReplicaTimeout
@@ -155,8 +157,28 @@ def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
             raise NotReplicated() from exc
         except redis.exceptions.RedisError as exc:
             raise LedgerUnavailable(f"The token store failed: {type(exc).__name__}.") from exc
+        except AttributeError as exc:
+            # redis-py's cluster client closes every connection when a failover confuses it (CLUSTERDOWN,
+            # repeated MOVED), those other tasks are using too; the command then fails inside redis-py on
+            # a connection whose socket is gone. The store failed, not the caller: anything else is a bug.
+            if not _raised_in_redis_py(exc):
+                raise
+            raise LedgerUnavailable("The token store failed: its connection closed under a command.") from exc
 
     return wrapper
+
+
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc`'s traceback is in redis-py's own code."""
+    traceback = exc.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback.tb_frame.f_code.co_filename.startswith(_REDIS_PY)
+
+
+_REDIS_PY = os.path.dirname(redis.__file__) + os.sep
 
 
 class DuplicateInFlight(LedgerError):

@@ -220,6 +220,12 @@ class Exchange:
                 reply_tokens=min(completion.completion_tokens, reservation.completion_tokens_max),
                 flags=("t" if completion.truncated else "") + ("e" if completion.estimated else ""),
             )
+        except ledger.ReservationNotFound as exc:
+            # Our own reserve made this hold, so only the store can have lost it: a failover that
+            # promoted a replica the reserve had not reached. Nothing was charged; a retry runs again.
+            raise ledger.LedgerUnavailable(
+                "The token store lost this exchange's hold (a failover); nothing was charged, retry."
+            ) from exc
         except ledger.LedgerError:
             raise
         except Exception:

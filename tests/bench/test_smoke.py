@@ -37,6 +37,8 @@ ROWS = [
     "`openai` provider, non-streamed, against the offline model",
     "`openai` provider, streamed against non-streamed",
     "Fairness, 1 worker, share 32:",
+    "`POST /chats/messages/`, 2 workers, `CHATLEDGER_DURABILITY=replica`",
+    "`CHATLEDGER_DURABILITY=replica`, p99 latency",
 ]
 
 

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from redis.asyncio import Redis
 
-from ledger import HistoryQuery, IdempotencyKey, Keyspace, Ledger, parse_message_id
+from ledger import HistoryQuery, IdempotencyKey, Keyspace, Ledger, RedisClient, parse_message_id
 
 # Every top-up adds this many tokens; a chat starts with START_TOKENS.
 TOP_UP_TOKENS = 10.0
@@ -154,7 +153,7 @@ class Audit:
         return self.chats_lost + self.messages_lost + self.top_ups_lost
 
 
-async def audit(redis: Redis, keys: Keyspace, record: Record) -> Audit:
+async def audit(redis: RedisClient, keys: Keyspace, record: Record) -> Audit:
     """Compare every 2xx with the store: chats, exchanges (the AI message's id in its chat's history,
     each user message once, the chat's `used` the sum of its charges), top-ups (their idempotency
     record), and holds (none left once the chats were used again past the holds' deadline)."""

@@ -23,7 +23,7 @@ import pytest
 
 import ledger
 from ledger import Keyspace, TenantStore
-from tests.failover.load import Load, Record, audit
+from tests.failover.load import Answer, Load, Record, audit
 from tests.failover.topology import SentinelTopology
 from tests.redis_servers import free_port
 from tests.scale.conftest import Process, base_env
@@ -57,10 +57,10 @@ async def test_a_failover_under_load(durability: str, run: int, tmp_path: Path) 
             ),
             tmp_path / "serve.log",
         )  # fmt: skip
+        record = Record()
+        load = Load(f"http://127.0.0.1:{port}", api_key, record, clients=24, seed=run)
         try:
-            await _wait_ready(port, serve)
-            record = Record()
-            load = Load(f"http://127.0.0.1:{port}", api_key, record, clients=24, seed=run)
+            await wait_ready(port, serve)
             await load.start(chats=30)
             topology.wait_replicated()
             await asyncio.sleep(WARM_S)
@@ -78,11 +78,11 @@ async def test_a_failover_under_load(durability: str, run: int, tmp_path: Path) 
             # Past every hold's deadline, one more message per chat reclaims what a failure left.
             await asyncio.sleep(HOLD_TTL_S + 0.5)
             for chat_id in record.chats:
-                answer = await _settled_send(load, chat_id)
-                assert answer == 200, f"the chat does not answer after the failover: {answer}"
-            await load.close()
+                answer = await settled_send(load, chat_id)
+                assert answer.status == 200, f"no answer after the failover: {answer}: {serve.log.tail()}"
             found = await audit(setup, KEYS, record)
         finally:
+            await load.close()
             serve.close()
             await setup.aclose()
     during_cut = record.acknowledged_between(cut_s, killed_s)
@@ -101,11 +101,12 @@ async def test_a_failover_under_load(durability: str, run: int, tmp_path: Path) 
         "kill_to_promotion_s": round(promoted_s - killed_s, 2),
         "not_replicated": not_replicated,
         "unknown_outcome": sum(1 for a in record.answers if a.status is None),
-        "statuses": _statuses(record),
+        "statuses": statuses(record),
     }  # fmt: skip
     print("FAILOVER " + json.dumps(summary))
     assert (found.duplicated_messages, found.charge_mismatches, found.stuck_holds) == (0, 0, 0), summary
-    assert not [a for a in record.answers if a.status is not None and a.status >= 500 and a.status != 503]
+    failed = [a for a in record.answers if a.status is not None and a.status >= 500 and a.status != 503]
+    assert not failed, failed[:3]
     if durability == "replica":
         assert found.acknowledged_lost == 0, summary
         # The cut was real: writes were refused while no replica could acknowledge them.
@@ -115,7 +116,7 @@ async def test_a_failover_under_load(durability: str, run: int, tmp_path: Path) 
         assert during_cut > 0, summary
 
 
-async def _wait_ready(port: int, serve: Process) -> None:
+async def wait_ready(port: int, serve: Process) -> None:
     """Return once both workers could answer /readyz (the log is at `warning`, so no ready event)."""
     deadline = time.monotonic() + 60
     async with aiohttp.ClientSession() as session:
@@ -130,17 +131,17 @@ async def _wait_ready(port: int, serve: Process) -> None:
                 await asyncio.sleep(0.1)
 
 
-async def _settled_send(load: Load, chat_id: str) -> int | None:
-    """A message's status once the deployment answers anything but 503 (bounded)."""
+async def settled_send(load: Load, chat_id: str) -> Answer:
+    """A message's answer once the deployment answers anything but 503 (bounded)."""
     deadline = time.monotonic() + 30
     while True:
         answer = await load.send(chat_id)
         if answer.status != 503 or time.monotonic() > deadline:
-            return answer.status
+            return answer
         await asyncio.sleep(0.1)
 
 
-def _statuses(record: Record) -> dict[str, int]:
+def statuses(record: Record) -> dict[str, int]:
     counts: dict[str, int] = {}
     for answer in record.answers:
         name = str(answer.status)

@@ -17,8 +17,10 @@ from redis.asyncio import Redis
 import ledger
 from ledger import ConfigRecord, Durability, IdempotencyKey, Keyspace, Ledger, TenantStore
 from service.app import create_app
+from service.providers import Completion, CompletionRequest
+from service.providers.offline import OfflineModel
 from service.settings import Settings
-from tests.failover.topology import SERVICE, SentinelTopology
+from tests.failover.topology import SentinelTopology
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -112,8 +114,7 @@ class TestSentinelClient:
             await store.top_up(chat.chat_id)
             old = topology.primary.port
             topology.wait_replicated()
-            with redis.Redis(port=topology.sentinels[0].port, decode_responses=True) as sentinel:
-                sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+            topology.fail_over()
             _host, new_port = topology.wait_promoted(old)
             topology.wait_role(old, "slave")
             # The client's connections are still to the old primary: the first write meets READONLY.
@@ -288,4 +289,65 @@ async def test_a_retried_message_is_answered_once_a_replica_has_it(
         state = await store.ledger.get_chat(store.config.config_id, chat_id)
         assert (state.used_milli, state.reserved_milli) == (history.items[1].charged_milli, 0)
     finally:
+        await store.client.aclose()
+
+
+class PausingModel(OfflineModel):
+    """The offline model, holding each reply until `release` is set: a failover happens meanwhile."""
+
+    def __init__(self) -> None:
+        self.called = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        self.called.set()
+        await self.release.wait()
+        return await super().complete(request)
+
+
+async def test_a_hold_lost_in_a_failover_is_503_and_the_retry_runs_once(
+    topology: SentinelTopology, aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]]
+) -> None:
+    """The reserve is not waited for: a primary killed while the model replies, with its replicas cut
+    off, takes the hold with it, and the settle on the promoted replica finds none. That is a 503 (the
+    store lost it; nothing is charged), not a 500, and the retry with the same key runs once."""
+    settings = Settings(
+        redis_sentinel_url=topology.url,
+        durability="replica",
+        durability_timeout_ms=300,
+        key_prefix="clsentinel",
+    )
+    store = await Store.open(topology.url, settings.durability_wait)
+    model = PausingModel()
+    try:
+        headers = {"X-API-Key": (await store.tenants.issue_key(store.config.config_id)).api_key}
+        client = await aiohttp_client(create_app(settings, redis=store.client, provider=model))
+        created = await client.post("/chats/", json={"token_limit": 1000.0}, headers=headers)
+        chat_id = (await created.json())["chat_id"]
+        topology.wait_replicated()
+        retry = {**headers, "Idempotency-Key": "message-2"}
+        message = {"chat_id": chat_id, "content": "Hello there"}
+        for proxy in topology.proxies:
+            proxy.cut()
+        sent = asyncio.create_task(client.post("/chats/messages/", json=message, headers=retry))
+        await asyncio.wait_for(model.called.wait(), RECOVERY_S)
+        old = topology.kill_primary()
+        await asyncio.to_thread(topology.wait_promoted, old)
+        model.release.set()
+        first = await sent
+        assert (first.status, (await first.json())["code"]) == (503, "store_unavailable")
+
+        deadline = time.monotonic() + RECOVERY_S
+        while (again := await client.post("/chats/messages/", json=message, headers=retry)).status == 503:
+            assert time.monotonic() < deadline, await again.text()
+            await asyncio.sleep(0.1)
+        assert again.status == 200, await again.text()
+        history = await store.ledger.read_history(
+            store.config.config_id, chat_id, ledger.HistoryQuery(limit=10)
+        )
+        assert [m.is_user for m in history.items] == [True, False]
+        state = await store.ledger.get_chat(store.config.config_id, chat_id)
+        assert (state.used_milli, state.reserved_milli) == (history.items[1].charged_milli, 0)
+    finally:
+        model.release.set()
         await store.client.aclose()

@@ -19,7 +19,14 @@ from pathlib import Path
 
 import redis
 
-from tests.redis_servers import REDIS_SERVER_BINARY, RedisServer, RedisServerError, free_port
+from tests.redis_servers import (
+    REDIS_CLI_BINARY,
+    REDIS_SERVER_BINARY,
+    RedisServer,
+    RedisServerError,
+    free_port,
+    free_ports,
+)
 
 SERVICE = "chatledger"
 # Sentinels call a primary down after this long without an answer; small, so a test's failover is quick.
@@ -32,10 +39,14 @@ class LinkProxy:
     upstream (the primary) sends, so the replica behind it falls behind while staying connected, as
     behind a partition; `heal()` delivers what was held back, and forwarding goes on."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, replication_only: bool = False) -> None:
         self.upstream_port = upstream_port
+        # Clients go through too (a cluster node announcing this port): only the connections that
+        # asked for the replication stream (PSYNC) are cut.
+        self.replication_only = replication_only
         self.port = free_port()
         self.cut_off = False
+        self.losing: bytes | None = None
         self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
         self._writers: list[asyncio.StreamWriter] = []
         self._loop = asyncio.new_event_loop()
@@ -48,6 +59,11 @@ class LinkProxy:
 
     def cut(self) -> None:
         self._loop.call_soon_threadsafe(setattr, self, "cut_off", True)
+
+    def lose_reply_to(self, word: bytes) -> None:
+        """The next client command holding `word` reaches the node, and its reply is lost with the
+        connection: the node ran it, the client cannot know."""
+        self._loop.call_soon_threadsafe(setattr, self, "losing", word)
 
     def heal(self) -> None:
         done = threading.Event()
@@ -94,21 +110,35 @@ class LinkProxy:
             writer.close()
             return
         self._writers += [writer, up_writer]
+        # [replicating, this connection's next reply is to be lost]
+        state = [not self.replication_only, False]
         try:
             await asyncio.gather(
-                self._pipe(reader, up_writer, downstream=False),
-                self._pipe(up_reader, writer, downstream=True),
+                self._pipe(reader, up_writer, downstream=False, state=state),
+                self._pipe(up_reader, writer, downstream=True, state=state),
             )
         finally:
             writer.close()
             up_writer.close()
 
     async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, downstream: bool
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        downstream: bool,
+        state: list[bool],
     ) -> None:
         try:
             while data := await reader.read(65536):
-                if downstream and self.cut_off:
+                if not downstream and b"SYNC" in data:
+                    state[0] = True
+                if not downstream and self.losing is not None and self.losing in data:
+                    self.losing, state[1] = None, True
+                if downstream and state[1]:
+                    writer.transport.abort()  # the reply goes nowhere, and the connection with it
+                    return
+                if downstream and self.cut_off and state[0]:
                     self._held.append((writer, data))  # the partition: held until healed, if ever
                     continue
                 writer.write(data)
@@ -216,6 +246,22 @@ class SentinelTopology:
         self._wait(promoted, timeout_s=30.0)
         return next(a for a in (s.primary() for s in self.sentinels) if a and a[1] != old_port)
 
+    def fail_over(self) -> None:
+        """SENTINEL FAILOVER, asked again while the sentinel has no replica it trusts yet (NOGOODSLAVE:
+        just started, it has not heard from them)."""
+
+        def accepted() -> bool:
+            with redis.Redis(port=self.sentinels[0].port, decode_responses=True) as sentinel:
+                try:
+                    sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                except redis.ResponseError as exc:
+                    if "NOGOODSLAVE" not in str(exc):
+                        raise
+                    return False
+            return True
+
+        self._wait(accepted)
+
     def wait_role(self, port: int, role: str) -> None:
         """Return once the node on `port` says it is a `role` (`master` or `slave`)."""
         self._wait(lambda: _role(port) == role, timeout_s=30.0)
@@ -274,3 +320,146 @@ def _info(port: int) -> dict[str, str]:
 
 def _role(port: int) -> str | None:
     return _info(port).get("role")
+
+
+class ReplicatedCluster:
+    """A Redis Cluster of three primaries with one replica each, whose nodes call a silent peer failed
+    after NODE_TIMEOUT_MS, so a killed primary's replica takes over within seconds."""
+
+    NODE_TIMEOUT_MS = 1000
+
+    def __init__(self) -> None:
+        ports = free_ports(12)
+        # Every node announces its proxy's port, so clients and replicas alike reach it through a
+        # LinkProxy that can cut the replication streams it carries.
+        self.proxies = [LinkProxy(port, replication_only=True) for port in ports[::2]]
+        self.servers = [
+            RedisServer(
+                port=port,
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    str(bus),
+                    "--cluster-node-timeout",
+                    str(self.NODE_TIMEOUT_MS),
+                    "--cluster-announce-port",
+                    str(proxy.port),
+                    "--cluster-announce-bus-port",
+                    str(bus),
+                    "--repl-diskless-sync",
+                    "no",
+                ],
+            )
+            for port, bus, proxy in zip(ports[::2], ports[1::2], self.proxies, strict=True)
+        ]
+        # The node behind each announced (proxy) port.
+        self.behind = {proxy.port: server for proxy, server in zip(self.proxies, self.servers, strict=True)}
+        self._replicas_at_start: dict[int, list[int]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.proxies[0].port}"
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
+        create = [str(REDIS_CLI_BINARY), "--cluster", "create", *addresses, "--cluster-replicas", "1"]
+        result = subprocess.run(
+            [*create, "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False
+        )
+        if result.returncode != 0:
+            raise RedisServerError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        SentinelTopology._wait(self._ready, timeout_s=30.0)
+        self.remember_replicas()
+
+    def primary_of(self, announced_port: int) -> RedisServer:
+        """The node a client reaches at `announced_port` (its proxy's)."""
+        return self.behind[announced_port]
+
+    def proxy_of(self, server: RedisServer) -> LinkProxy:
+        return self.proxies[self.servers.index(server)]
+
+    def cut(self, primary: RedisServer) -> None:
+        """Cut `primary`'s replication stream to its replica (clients still reach it)."""
+        self.proxies[self.servers.index(primary)].cut()
+
+    def kill(self, server: RedisServer) -> None:
+        process = server._process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        server._process = None
+
+    def wait_promoted(self, old_port: int) -> int:
+        """The port of the replica that took over from `old_port`, once the cluster is ok again."""
+
+        def promoted() -> bool:
+            return self._state_ok() and any(
+                _info(s.port).get("role") == "master" and self._was_replica_of(s, old_port)
+                for s in self.live()
+            )
+
+        SentinelTopology._wait(promoted, timeout_s=30.0)
+        return next(s.port for s in self.live() if self._was_replica_of(s, old_port))
+
+    def rejoin(self, server: RedisServer) -> None:
+        """Start a killed node again: empty (no persistence) but knowing the cluster (nodes.conf), it
+        comes back as a replica of the node that took its slots; return once it has synced."""
+        server.start()
+        SentinelTopology._wait(
+            lambda: _info(server.port).get("master_link_status") == "up" and self._state_ok(), timeout_s=30.0
+        )
+
+    def live(self) -> list[RedisServer]:
+        return [server for server in self.servers if server.running]
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+        for proxy in self.proxies:
+            proxy.close()
+
+    def __enter__(self) -> ReplicatedCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ready(self) -> bool:
+        replicas = [s for s in self.servers if _info(s.port).get("role") == "slave"]
+        synced = all(_info(s.port).get("master_link_status") == "up" for s in replicas)
+        return self._state_ok() and len(replicas) == 3 and synced
+
+    def _state_ok(self) -> bool:
+        for server in self.live():
+            with redis.Redis(port=server.port, socket_timeout=1, decode_responses=True) as client:
+                try:
+                    if client.cluster("INFO").get("cluster_state") != "ok":
+                        return False
+                except redis.RedisError:
+                    return False
+        return True
+
+    def _was_replica_of(self, server: RedisServer, old_port: int) -> bool:
+        """Whether `server` replicated `old_port` (its master_port, kept after a promotion in the
+        nodes' view as the old primary's slots, so asked of CLUSTER NODES)."""
+        return server.port in self._replicas_at_start.get(old_port, [])
+
+    def remember_replicas(self) -> None:
+        """Who replicates whom, before anything is killed."""
+        found: dict[int, list[int]] = {}
+        for server in self.servers:
+            info = _info(server.port)
+            if info.get("role") == "slave":
+                primary = self.behind[int(info["master_port"])]
+                found.setdefault(primary.port, []).append(server.port)
+        self._replicas_at_start = found
