@@ -31,25 +31,19 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def _insufficient(exc: Exception) -> dict[str, Any]:
-    assert isinstance(exc, ledger.InsufficientTokens)
-    return {
+def _balance(exc: Exception) -> dict[str, Any]:
+    """A refused message's figures: the chat's balance and what the message needed; with TokensHeld,
+    what messages in flight hold too."""
+    assert isinstance(exc, ledger.InsufficientTokens | ledger.TokensHeld)
+    figures = {
         "token_limit": ledger.from_milli(exc.limit_milli),
         "token_used": ledger.from_milli(exc.used_milli),
         "tokens_available": ledger.from_milli(exc.available_milli),
         "tokens_needed": ledger.from_milli(exc.needed_milli),
     }
-
-
-def _held(exc: Exception) -> dict[str, Any]:
-    assert isinstance(exc, ledger.TokensHeld)
-    return {
-        "token_limit": ledger.from_milli(exc.limit_milli),
-        "token_used": ledger.from_milli(exc.used_milli),
-        "token_reserved": ledger.from_milli(exc.reserved_milli),
-        "tokens_available": ledger.from_milli(exc.available_milli),
-        "tokens_needed": ledger.from_milli(exc.needed_milli),
-    }
+    if isinstance(exc, ledger.TokensHeld):
+        figures["token_reserved"] = ledger.from_milli(exc.reserved_milli)
+    return figures
 
 
 def _no_extra(_exc: Exception) -> dict[str, Any]:
@@ -58,9 +52,9 @@ def _no_extra(_exc: Exception) -> dict[str, Any]:
 
 # Exception class -> (status, extra fields). The first class in MRO order that is listed wins.
 ERROR_TABLE: dict[type[Exception], tuple[int, Callable[[Exception], dict[str, Any]]]] = {
-    ledger.InsufficientTokens: (402, _insufficient),
+    ledger.InsufficientTokens: (402, _balance),
     # Held is not spent: tokens other messages hold come back when they settle, so a retry may pass.
-    ledger.TokensHeld: (429, _held),
+    ledger.TokensHeld: (429, _balance),
     ledger.ChatNotFound: (404, _no_extra),
     ledger.ChatDeleted: (404, _no_extra),
     ledger.ConfigNotFound: (404, _no_extra),
