@@ -43,12 +43,18 @@ _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 class Measured(msgspec.Struct, frozen=True, kw_only=True):
     load: load.LoadResult
-    # The CPU seconds (user + system) of the server's process over the measured run.
+    # The CPU seconds (user + system) of the server's process over the measured run, and of the fake
+    # model server's (it shares the machine's cores with the server it answers).
     cpu_s: float
+    model_cpu_s: float = 0.0
 
     @property
     def cpu_us_per_message(self) -> float:
         return 1e6 * self.cpu_s / self.load.requests if self.load.requests else 0.0
+
+    @property
+    def model_cpu_us_per_message(self) -> float:
+        return 1e6 * self.model_cpu_s / self.load.requests if self.load.requests else 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -116,7 +122,7 @@ async def rows(
         started.append(start_service(children, redis_url, offline_port, 1))
         started.append(start_openai_service(children, redis_url, openai_port, model_port))
         started.append(start_proxy(children, redis_url, proxy_port, model_port))
-        offline, openai, proxy = (child.popen.pid for child in started[1:])
+        model, offline, openai, proxy = (child.popen.pid for child in started)
         targets = {
             "offline": (offline_port, offline, False),
             "openai": (openai_port, openai, False),
@@ -132,9 +138,10 @@ async def rows(
             for name, (port, pid, stream) in targets.items():
                 if warmup_seconds > 0:
                     await generate(port, stream, warmup_seconds)
-                before = cpu_seconds(pid)
+                before, model_before = cpu_seconds(pid), cpu_seconds(model)
                 result = await generate(port, stream, seconds)
-                runs[name].append(Measured(load=result, cpu_s=cpu_seconds(pid) - before))
+                cpu_s, model_cpu_s = cpu_seconds(pid) - before, cpu_seconds(model) - model_before
+                runs[name].append(Measured(load=result, cpu_s=cpu_s, model_cpu_s=model_cpu_s))
     finally:
         children.stop(started)
     return _rows({name: sorted(r, key=lambda m: m.load.rate)[len(r) // 2] for name, r in runs.items()})
@@ -171,9 +178,12 @@ async def fill(port: int, api_key: str, chat_ids: Sequence[str]) -> None:
 def _figure(measured: Measured) -> str:
     result = measured.load
     errors = f", {result.errors} errors" if result.errors else ""
+    # The offline model makes no call: the fake's CPU then is its idle ticks, not worth a figure.
+    model = measured.model_cpu_us_per_message
+    model_cpu = f" (model server {model:.0f})" if model >= 1 else ""
     return (
         f"{result.rate:,.0f} msg/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
-        f"worker CPU {measured.cpu_us_per_message:.0f} µs/msg{errors}"
+        f"worker CPU {measured.cpu_us_per_message:.0f} µs/msg{model_cpu}{errors}"
     )
 
 
