@@ -5,8 +5,9 @@ A fast fake OpenAI-compatible server (bench/fake_model.py) stands in for the mod
 EVALSHA and one pooled aiohttp call per message, the model's answer relayed as it is). One worker of
 `chatledger serve` with the offline model is measured in the same rounds. Each is loaded like the other
 HTTP rows (wrk, 64 connections, chats whose history is full, so every message sends a 20-message
-context), non-streamed and streamed, alternating round by round, and each side's median round shown,
-with the worker's CPU time per message (user + system, from /proc).
+context), non-streamed and streamed, alternating round by round and, within a round, slice by slice (each
+target's 10 s as five 2 s slices taken in turn), each side's median round shown, with the worker's CPU
+time per message (user + system, from /proc).
 
 Targets, as same-run ratios: the `openai` path at least 0.5 of the bare proxy (non-streamed and
 streamed), at least 0.8 of the offline model's messages/s, and streamed at least 0.7 of non-streamed.
@@ -36,6 +37,8 @@ from tests.redis_servers import RedisServer, free_ports
 
 HOST = "127.0.0.1"
 CHATS = 64
+# A measured run is cut in this many slices, each target's taken in turn (whole seconds: wrk's unit).
+SLICES = 5
 # Messages each chat gets before the first measured run, so every message sends a full context.
 FILL_MESSAGES = 24
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -135,16 +138,42 @@ async def rows(
         await fill(openai_port, api_key, chat_ids)
         runs: dict[str, list[Measured]] = {name: [] for name in targets}
         for _round in range(rounds):
-            for name, (port, pid, stream) in targets.items():
+            for port, _pid, stream in targets.values():
                 if warmup_seconds > 0:
                     await generate(port, stream, warmup_seconds)
-                before, model_before = cpu_seconds(pid), cpu_seconds(model)
-                result = await generate(port, stream, seconds)
-                cpu_s, model_cpu_s = cpu_seconds(pid) - before, cpu_seconds(model) - model_before
-                runs[name].append(Measured(load=result, cpu_s=cpu_s, model_cpu_s=model_cpu_s))
+            # Each target's run in slices, taken in turn: the machine's drift then weighs on all alike.
+            slices = max(1, min(SLICES, int(seconds)))
+            measured: dict[str, list[Measured]] = {name: [] for name in targets}
+            for _slice in range(slices):
+                for name, (port, pid, stream) in targets.items():
+                    before, model_before = cpu_seconds(pid), cpu_seconds(model)
+                    result = await generate(port, stream, seconds / slices)
+                    cpu_s, model_cpu_s = cpu_seconds(pid) - before, cpu_seconds(model) - model_before
+                    measured[name].append(Measured(load=result, cpu_s=cpu_s, model_cpu_s=model_cpu_s))
+            for name, parts in measured.items():
+                runs[name].append(_joined(parts))
     finally:
         children.stop(started)
     return _rows({name: sorted(r, key=lambda m: m.load.rate)[len(r) // 2] for name, r in runs.items()})
+
+
+def _joined(parts: Sequence[Measured]) -> Measured:
+    """Slices of one run as one: counts and times added; p50 the slices' median, p99 their highest."""
+    results = [part.load for part in parts]
+    p50s = sorted(result.p50_ms for result in results)
+    joined = msgspec.structs.replace(
+        results[0],
+        requests=sum(result.requests for result in results),
+        seconds=sum(result.seconds for result in results),
+        p50_ms=p50s[len(p50s) // 2],
+        p99_ms=max(result.p99_ms for result in results),
+        errors=sum(result.errors for result in results),
+    )
+    return Measured(
+        load=joined,
+        cpu_s=sum(part.cpu_s for part in parts),
+        model_cpu_s=sum(part.model_cpu_s for part in parts),
+    )
 
 
 async def check(port: int, api_key: str, chat_id: str, *, stream: bool, what: str) -> None:
