@@ -5,8 +5,7 @@ the body asks for `"stream":true`, the same reply as Server-Sent Events of `chat
 objects (one token per chunk, then the finish chunk, the usage chunk and `data: [DONE]`), all written at
 once in chunked transfer encoding, as a model server that has the reply ready would. It is a bare
 asyncio protocol with prebuilt answers, not aiohttp, so that what it costs per request stays small next
-to what is measured: the proxies in front of it. A request for the model `slow-model` is answered
-after SLOW_S seconds instead, as a slow model would. `python -m bench.fake_model --port P`.
+to what is measured: the proxies in front of it. `python -m bench.fake_model --port P`.
 """
 
 from __future__ import annotations
@@ -50,9 +49,6 @@ _USAGE = {
     "completion_tokens": len(REPLY),
     "total_tokens": PROMPT_TOKENS + len(REPLY),
 }
-# A request for this model is answered after SLOW_S seconds (the fairness row's slow tenant).
-SLOW_MODEL = b'"model":"slow-model"'
-SLOW_S = 2.0
 # The largest request head accepted; more is a broken client, and the connection is dropped.
 HEAD_MAX = 65536
 
@@ -127,19 +123,7 @@ class FakeModel(asyncio.Protocol):
                 return
             body = bytes(self._buffer[end + 4 : total])
             del self._buffer[:total]
-            answer = STREAM_ANSWER if b'"stream":true' in body else WHOLE_ANSWER
-            if SLOW_MODEL in body:
-                # The slow model answers after SLOW_S, on a connection that waits meanwhile.
-                asyncio.get_running_loop().call_later(SLOW_S, self._write, answer)
-            else:
-                self._transport.write(answer)
-
-    def _write(self, answer: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(answer)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
+            self._transport.write(STREAM_ANSWER if b'"stream":true' in body else WHOLE_ANSWER)
 
 
 def _content_length(head: bytes) -> int:

@@ -8,8 +8,7 @@ in time and in count, and every process is stopped when the run ends, whatever e
 Steps: messages/s against the bare handlers (same worker count, same load, same Redis), the round
 trips of a message (MONITOR), Redis memory per stored message, history pages of a 1,000,000-message chat
 against a 100-message one, the `openai` provider on a fake model server against a bare proxy
-(bench/upstream.py), one config's messages while another keeps slow replies going
-(bench/fairness.py), and the ledger alone against redis-benchmark.
+(bench/upstream.py), and the ledger alone against redis-benchmark.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import aiohttp
 import msgspec
 
 import ledger
-from bench import fairness, history_bench, ledger_bench, load, overload, redis_stats, upstream
+from bench import history_bench, ledger_bench, load, overload, redis_stats, upstream
 from bench.baseline import TRIVIAL_SCRIPT
 from bench.processes import BenchError, Children, start_baseline, start_service
 from bench.table import Row, render
@@ -149,7 +148,6 @@ class Bench:
             children, server.url, api_key, chats, generate,
             seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
         )  # fmt: skip
-        self.rows += await fairness.rows(children, client, server.url, self.workdir, o.seconds)
         self.rows.sort(key=lambda row: row.order)
         await self._ledger(server)
 

@@ -81,9 +81,7 @@ def start_fake_model(children: Children, port: int) -> Child:
     return child
 
 
-def start_openai_service(
-    children: Children, redis_url: str, port: int, model_port: int, **settings: str
-) -> Child:
+def start_openai_service(children: Children, redis_url: str, port: int, model_port: int) -> Child:
     """`chatledger serve`, one worker, with the `openai` provider on the fake model server."""
     command = [sys.executable, "-m", "service", "serve", "--host", HOST, "--port", str(port)]
     env = service_env(
@@ -92,7 +90,6 @@ def start_openai_service(
         CHATLEDGER_OPENAI_BASE_URL=f"http://{HOST}:{model_port}/v1",
         CHATLEDGER_OPENAI_MODEL="bench-model",
         CHATLEDGER_OPENAI_API_KEY="sk-bench",
-        **settings,
     )
     child = children.start("chatledger-openai", command, env)
     wait_ready(f"http://{HOST}:{port}/healthz", [child])
@@ -126,10 +123,7 @@ async def rows(
     started = [start_fake_model(children, model_port)]
     try:
         started.append(start_service(children, redis_url, offline_port, 1))
-        # One config's throughput is measured here, not its share (bench/fairness.py): the load's
-        # connections, ending and starting slice by slice, must not meet the per-config limit.
-        unlimited = {"CHATLEDGER_MODEL_CALLS_PER_CONFIG": "100000"}
-        started.append(start_openai_service(children, redis_url, openai_port, model_port, **unlimited))
+        started.append(start_openai_service(children, redis_url, openai_port, model_port))
         started.append(start_proxy(children, redis_url, proxy_port, model_port))
         model, offline, openai, proxy = (child.popen.pid for child in started)
         targets = {

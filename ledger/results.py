@@ -47,8 +47,6 @@ class ConfigRecord(Branding, kw_only=True, frozen=True):
     # Requests per second each API key of this config may make, with this burst; 0 means no limit.
     rate_limit_per_s: float = 0.0
     rate_limit_burst: int = 0
-    # Model calls this config may have in flight in one worker; 0 leaves it to the service's setting.
-    model_calls_max: int = 0
 
 
 class ChatState(msgspec.Struct, kw_only=True, frozen=True):

@@ -30,9 +30,7 @@ UnsetStr = Short | msgspec.UnsetType
 _WHOLE = {"x-type": "integer"}
 Burst = Annotated[float, msgspec.Meta(ge=0, le=1_000_000, extra_json_schema=_WHOLE)]
 OutputTokens = Annotated[float, msgspec.Meta(ge=1, le=1_000_000, extra_json_schema=_WHOLE)]
-# 0 leaves the limit to the service's CHATLEDGER_MODEL_CALLS_PER_CONFIG.
-ModelCalls = Annotated[float, msgspec.Meta(ge=0, le=100_000, extra_json_schema=_WHOLE)]
-_WHOLE_FIELDS = ("max_output_tokens", "rate_limit_burst", "model_calls_max")
+_WHOLE_FIELDS = ("max_output_tokens", "rate_limit_burst")
 
 
 class ConfigFields(msgspec.Struct, kw_only=True):
@@ -47,7 +45,6 @@ class ConfigFields(msgspec.Struct, kw_only=True):
     completion_token_weight: Weight | msgspec.UnsetType = msgspec.UNSET
     rate_limit_per_s: RatePerS | msgspec.UnsetType = msgspec.UNSET
     rate_limit_burst: Burst | msgspec.UnsetType = msgspec.UNSET
-    model_calls_max: ModelCalls | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
         for name in _WHOLE_FIELDS:
@@ -142,7 +139,6 @@ class AdminConfig(_IdentifiedBranding, kw_only=True, frozen=True):
     completion_token_weight: float
     rate_limit_per_s: float
     rate_limit_burst: int
-    model_calls_max: int
     created_at: Timestamp
     updated_at: Timestamp
 

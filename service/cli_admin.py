@@ -64,9 +64,6 @@ def _config_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         parser.add_argument(flag, dest=name, metavar="WEIGHT", type=float, help=help_text)
     parser.add_argument("--rate-limit-per-s", type=float, help="requests per second per API key (0: none)")
     parser.add_argument("--rate-limit-burst", type=int, help="requests an API key may make at once")
-    parser.add_argument(
-        "--model-calls-max", type=int, help="replies in progress per worker (0: the service's default)"
-    )
 
 
 def add_commands(commands: Any) -> None:

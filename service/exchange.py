@@ -25,7 +25,6 @@ import msgspec
 import structlog
 
 import ledger
-from service.errors import ApiError
 from service.metrics import Metrics
 from service.providers import (
     Completion,
@@ -41,9 +40,6 @@ from service.settings import Settings
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-
-# Seconds a config over its model-call limit is told to wait: calls end within a reply's time.
-MODEL_CALLS_RETRY_AFTER_S = 1
 
 # Called with the deltas of a streamed reply as they arrive, those that arrived together in one call (so
 # they can go out in one write); raising (or being cancelled) means the client left.
@@ -74,37 +70,6 @@ class Exchange:
         self._provider = provider
         self._settings = settings
         self._metrics = metrics or Metrics()
-        # Model calls in flight per config id, in this worker; only providers that share a pool of
-        # connections to a model server are limited (the offline model takes none).
-        self._calls: dict[str, int] = {}
-        self._limit_calls = bool(getattr(provider, "pooled", False))
-
-    @contextmanager
-    def _call_slot(self, config: ledger.ConfigRecord) -> Iterator[None]:
-        """One of the config's model calls in this worker, for a whole exchange; past the config's
-        limit, 429 `model_calls_exceeded` at once, before anything is reserved."""
-        if not self._limit_calls:
-            yield
-            return
-        config_id = config.config_id
-        in_flight = self._calls.get(config_id, 0)
-        if in_flight >= (config.model_calls_max or self._settings.model_calls_per_config):
-            self._metrics.model_calls_refused.inc()
-            raise ApiError(
-                429,
-                "model_calls_exceeded",
-                "This config has as many replies in progress as it may have; retry shortly.",
-                retry_after_s=MODEL_CALLS_RETRY_AFTER_S,
-            )
-        self._calls[config_id] = in_flight + 1
-        try:
-            yield
-        finally:
-            left = self._calls[config_id] - 1
-            if left:
-                self._calls[config_id] = left
-            else:
-                del self._calls[config_id]
 
     async def send(
         self,
@@ -117,16 +82,6 @@ class Exchange:
 
         With an Idempotency-Key whose exchange completed before, raises ledger.ExchangeReplayed with the
         saved reply: no model call and no charge (design.md section 5)."""
-        with self._call_slot(config):
-            return await self._send(config, chat_id, content, idempotency)
-
-    async def _send(
-        self,
-        config: ledger.ConfigRecord,
-        chat_id: str,
-        content: str,
-        idempotency: ledger.IdempotencyKey | None,
-    ) -> ledger.Settlement:
         reservation = await self._reserve(config, chat_id, content, idempotency)
         try:
             with self._upstream_timer():
@@ -153,17 +108,6 @@ class Exchange:
         or end its stream with one. A client that left (`on_delta` raised, or the task was
         cancelled) gets the partial reply settled, then ClientGone (or the CancelledError) is
         raised."""
-        with self._call_slot(config):
-            return await self._stream(config, chat_id, content, on_delta, idempotency)
-
-    async def _stream(
-        self,
-        config: ledger.ConfigRecord,
-        chat_id: str,
-        content: str,
-        on_delta: DeltaSink,
-        idempotency: ledger.IdempotencyKey | None,
-    ) -> Exchanged:
         reservation = await self._reserve(config, chat_id, content, idempotency)
         try:
             with self._upstream_timer():

@@ -69,12 +69,6 @@ class Metrics:
         self.insufficient = Counter(
             "chatledger_insufficient_tokens", "Messages refused with 402 before any generation.", registry=r
         )
-        self.model_calls_refused = Counter(
-            "chatledger_model_calls_refused",
-            "Messages refused with 429 model_calls_exceeded: their config had its limit of model calls "
-            "in flight in the worker.",
-            registry=r,
-        )
         self.upstream_latency = Histogram(
             "chatledger_upstream_duration_seconds", "Model call latency.", ["provider"],
             buckets=_HTTP_BUCKETS_S, registry=r,

@@ -210,25 +210,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     openai_retry_backoff_s: Annotated[
         float, _meta("first retry delay in seconds, doubled each time (at most 4 s)", ge=0, le=60)
     ] = 0.5
-    # One pool to the model server for every config: its size, the most a call waits for a free
-    # connection (short, and apart from the exchange's total timeout), and how many calls one config may
-    # have in flight in one worker when the config sets none (`model_calls_max`). Past its limit a
-    # message gets 429 `model_calls_exceeded` before anything is reserved, so one config's slow replies
-    # cannot take every connection from the others. The offline model takes no connection: no limit.
-    openai_pool_size: Annotated[
-        int, _meta("connections to the model server per worker, shared by every config", ge=1, le=10_000)
-    ] = 100
-    openai_pool_wait_s: Annotated[
-        float, _meta("most seconds a model call waits for a free connection", gt=0, le=300)
-    ] = 1.0
-    model_calls_per_config: Annotated[
-        int,
-        _meta(
-            "model calls one config may have in flight per worker, unless the config sets its own",
-            ge=1,
-            le=100_000,
-        ),
-    ] = 64
     # Reply tokens asked of the model when the config does not say.
     max_output_tokens: Annotated[
         int, _meta("reply tokens asked for when the config does not say", ge=1, le=1_000_000)

@@ -205,8 +205,7 @@ class Response:
 
 
 class HttpPool:
-    """Connections to the server of `url` (http or https), at most `limit` at once, a caller waiting at
-    most `wait_s` for one; POSTs to its path."""
+    """Connections to the server of `url` (http or https), at most `limit` at once; POSTs to its path."""
 
     def __init__(
         self,
@@ -216,7 +215,6 @@ class HttpPool:
         connect_timeout_s: float,
         read_timeout_s: float,
         limit: int = 100,
-        wait_s: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -231,7 +229,6 @@ class HttpPool:
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
-        self._wait_s = wait_s
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
         self._open: set[_Connection] = set()
@@ -240,8 +237,7 @@ class HttpPool:
         """POST `body` (JSON) and read the answer's head; its body is the caller's to read."""
         loop = asyncio.get_running_loop()
         if self._slots.locked():
-            # Every connection is busy: wait a little for one (TimeoutError), not the whole deadline.
-            async with asyncio.timeout_at(min(deadline, loop.time() + self._wait_s)):
+            async with asyncio.timeout_at(deadline):
                 await self._slots.acquire()
         else:
             await self._slots.acquire()

@@ -137,8 +137,6 @@ class OpenAIProvider:
     """An OpenAI-compatible upstream. Construct inside the running loop (it opens its session)."""
 
     name = "openai"
-    # Its calls hold connections of one shared pool: the exchange limits each config's share.
-    pooled = True
 
     def __init__(
         self,
@@ -151,8 +149,6 @@ class OpenAIProvider:
         total_timeout_s: float = 90.0,
         max_retries: int = 2,
         retry_backoff_s: float = 0.5,
-        pool_size: int = 100,
-        pool_wait_s: float = 1.0,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
@@ -166,12 +162,7 @@ class OpenAIProvider:
         # timeout bounds every wait for bytes, the first one included; the total is enforced per
         # exchange (across retries and the whole stream), not per HTTP request.
         self._pool = HttpPool(
-            self.url,
-            headers,
-            connect_timeout_s=connect_timeout_s,
-            read_timeout_s=read_timeout_s,
-            limit=pool_size,
-            wait_s=pool_wait_s,
+            self.url, headers, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s
         )
 
     @classmethod
@@ -187,8 +178,6 @@ class OpenAIProvider:
             total_timeout_s=settings.openai_total_timeout_s,
             max_retries=settings.openai_max_retries,
             retry_backoff_s=settings.openai_retry_backoff_s,
-            pool_size=settings.openai_pool_size,
-            pool_wait_s=settings.openai_pool_wait_s,
         )
 
     def count_tokens(self, text: str) -> int:

@@ -34,7 +34,6 @@ ROWS = [
     "`openai` provider, streamed, 1 worker",
     "`openai` provider, non-streamed, against the offline model",
     "`openai` provider, streamed against non-streamed",
-    "Fairness, 1 worker: config B's messages",
 ]
 
 
