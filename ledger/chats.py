@@ -25,6 +25,7 @@ from ledger.replies import (
     TopUpReplayed,
     decode_create_chat,
     decode_delete_chat,
+    decode_inspect_chat,
     decode_restore_chat,
     decode_top_up,
 )
@@ -127,7 +128,24 @@ class Chats:
         fields = cast(dict[str, str], await self.redis.hgetall(self.keys.chat_meta(chat_id)))
         if not fields or (config_id is not None and fields["config"] != config_id):
             raise ChatNotFound()
-        return _chat_from_hash(chat_id, fields)
+        return chat_from_hash(chat_id, fields)
+
+    @wrap_redis_errors
+    async def inspect_chat(self, chat_id: str) -> ChatState:
+        """Any config's chat as the admin surface shows it: holds past their deadline are expired
+        first, in the same script, so `reserved_milli` never counts a dead worker's hold."""
+        keys = self.keys
+        reply = await self.scripts.call(
+            "inspect_chat",
+            keys=[
+                keys.chat_meta(chat_id),
+                keys.chat_deadlines(chat_id),
+                keys.chat_reservations(chat_id),
+                keys.chat_journal(chat_id),
+            ],
+            args=[self.limits.reservation_retention_ms],
+        )
+        return _chat_from_fields(chat_id, decode_inspect_chat(reply).fields)
 
     @wrap_redis_errors
     async def top_up(
@@ -138,7 +156,10 @@ class Chats:
         keys = [self.keys.chat_meta(chat_id), self.keys.chat_journal(chat_id)]
         args: list[str | int] = [config_id, add_milli, AMOUNT_MILLI_MAX]
         if idempotency:
-            keys.append(self.keys.chat_idempotency(chat_id, idempotency.digest))
+            keys += [
+                self.keys.chat_idempotency(chat_id, idempotency.digest),
+                self.keys.chat_idempotency_index(chat_id),
+            ]
             args += [idempotency.fingerprint, self.limits.idempotency_ttl_ms]
         topped = decode_top_up(await self.scripts.call("top_up", keys=keys, args=args))
         now = _chat_from_fields(chat_id, topped.fields)
@@ -153,9 +174,14 @@ class Chats:
         """Soft delete, then drop the chat from the config's live index (a separate slot). A crash in
         between leaves a deleted chat in the live index, which `list_chats` notices and repairs."""
         reply = await self.scripts.call("delete_chat", keys=[self.keys.chat_meta(chat_id)], args=[config_id])
-        deleted = decode_delete_chat(reply)
-        await self.redis.zrem(self.keys.config_live_chats(config_id), chat_id)
-        return _chat_from_fields(chat_id, deleted.fields)
+        chat = _chat_from_fields(chat_id, decode_delete_chat(reply).fields)
+        # The deleted index is what the retention pass reads; a crash before it leaves a deleted chat
+        # the pass does not see, which a config's erasure still finds in the all-chats index.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            _ = pipe.zrem(self.keys.config_live_chats(config_id), chat_id)
+            _ = pipe.zadd(self.keys.config_deleted_chats(config_id), {chat_id: chat.deleted_ms})
+            await pipe.execute()
+        return chat
 
     @wrap_redis_errors
     async def restore_chat(self, chat_id: str) -> ChatState:
@@ -168,6 +194,7 @@ class Chats:
             self.keys.config_live_chats(chat.config_id),
             {chat_id: score if score is not None else chat.created_ms * 1000},
         )
+        await self.redis.zrem(self.keys.config_deleted_chats(chat.config_id), chat_id)
         return chat
 
     @wrap_redis_errors
@@ -204,7 +231,7 @@ class Chats:
                 if now_us - score > self.limits.orphan_grace_ms * 1000:
                     stale.append(chat_id)
                 continue
-            chat = _chat_from_hash(chat_id, fields)
+            chat = chat_from_hash(chat_id, fields)
             if chat.deleted and not include_deleted:
                 stale.append(chat_id)
                 continue
@@ -229,7 +256,9 @@ class Chats:
     async def reconcile(self, chat_id: str) -> Reconciliation:
         """Add up the whole journal and compare it with the chat's counters. Reads in pages, so it is
         O(entries) in time but not in memory; the counters are read after the journal, so a chat that
-        is moving may not reconcile until it is still."""
+        is moving may not reconcile until it is still. Holds past their deadline are expired first
+        (inspect_chat), so neither side counts them as reserved."""
+        await self.inspect_chat(chat_id)
         used = reserved = limit = clamped = expired = entries = 0
         after: str | None = None
         while batch := await self.read_journal(chat_id, after=after, count=1000):
@@ -252,7 +281,7 @@ class Chats:
         )
 
 
-def _chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:
+def chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:
     """A ChatState from the chat's meta hash."""
     return ChatState(
         chat_id=chat_id,
@@ -276,7 +305,7 @@ def _as_dict(flat: list[str]) -> dict[str, str]:
 
 def _chat_from_fields(chat_id: str, flat: list[str]) -> ChatState:
     """A ChatState from a script's HGETALL of the meta hash: fields and values in turn."""
-    return _chat_from_hash(chat_id, _as_dict(flat))
+    return chat_from_hash(chat_id, _as_dict(flat))
 
 
 def _journal_entry(entry_id: str, fields: dict[str, str]) -> JournalEntry:

@@ -46,6 +46,11 @@ class Keyspace:
     def chat_tag(self, chat_id: str) -> str:
         return f"{self.prefix}:{{c:{_checked_uuid(chat_id)}}}"
 
+    def chat_durable_marker(self, chat_id: str) -> str:
+        """String, short-lived: written and waited for to confirm the chat's slot is replicated
+        (Ledger.confirm_durable)."""
+        return f"{self.chat_tag(chat_id)}:durable"
+
     def chat_meta(self, chat_id: str) -> str:
         """Hash: owner config, counters (limit, used, reserved), flags and copied names."""
         return f"{self.chat_tag(chat_id)}:meta"
@@ -79,6 +84,11 @@ class Keyspace:
             raise ValueError("an idempotency key is stored by its hex SHA-256 digest")
         return f"{self.chat_tag(chat_id)}:idem:{key_digest}"
 
+    def chat_idempotency_index(self, chat_id: str) -> str:
+        """Sorted set: the digests of this chat's idempotency records, scored by when the record is gone
+        for sure (server ms), so an erasure finds every record without a SCAN."""
+        return f"{self.chat_tag(chat_id)}:idk"
+
     def chat_keys(self, chat_id: str) -> list[str]:
         """The keys of the exchange scripts (reserve, settle, void), in their KEYS order: a new list
         the caller may extend. Remembered per chat, since a message's reserve and settle both need them;
@@ -107,6 +117,11 @@ class Keyspace:
         """Sorted set: the config's chats that are not deleted, scored like config_chats."""
         return f"{self.config_tag(config_id)}:live"
 
+    def config_deleted_chats(self, config_id: str) -> str:
+        """Sorted set: the config's soft-deleted chats scored by their deletion time in ms, which the
+        retention pass reads oldest first."""
+        return f"{self.config_tag(config_id)}:deleted"
+
     def config_api_keys(self, config_id: str) -> str:
         """Hash: key id -> key description (prefix, creation time, digest); never the key itself."""
         return f"{self.config_tag(config_id)}:keys"
@@ -123,6 +138,10 @@ class Keyspace:
         if not _DIGEST_RE.fullmatch(digest):
             raise ValueError("an API key is looked up by its hex SHA-256 digest")
         return f"{self.prefix}:{{k:{digest}}}:rate"
+
+    def retention_turn(self) -> str:
+        """String with a TTL: held by the worker whose turn it is to run the retention pass."""
+        return f"{self.prefix}:retention"
 
     def configs(self) -> str:
         """Set: every config id (the admin listing and the demo bootstrap read it)."""

@@ -19,6 +19,14 @@ WEIGHT_MILLI_MAX = 1_000_000
 # How many due reservations one script call reaps at most: bounds the work any single request does.
 REAP_BATCH_MAX = 256
 
+# Idempotency records one erase_chat.lua call removes at most: bounds how long one erasure blocks Redis;
+# a chat with more (a day of keyed requests) takes several calls.
+ERASE_RECORDS_MAX = 1000
+
+# Chats a config's erasure, the retention pass and an export read from an index at a time: bounds the
+# worker's memory and each command whatever the config's size.
+CHATS_BATCH = 100
+
 # Entries skipped per XRANGE call when history.lua walks to an offset: bounds the Lua memory of a deep page.
 HISTORY_SKIP_CHUNK = 500
 
@@ -29,6 +37,11 @@ CONTEXT_TOKENS_KEPT = 128
 # The counts may grow this far past CONTEXT_TOKENS_KEPT before settle trims it back, so a message does
 # not pay for a trim every time.
 CONTEXT_TOKENS_SLACK = 32
+
+# A hold cut to a share of a scarce budget (LedgerLimits.hold_shares) still asks for at least this many
+# reply tokens, when the chat can pay them: a share of a nearly spent chat would otherwise cut replies
+# to a token or two while other holds are about to give tokens back.
+HOLD_REPLY_FLOOR_TOKENS = 64
 
 # A worker's cache of its chats' newest messages (ledger/context.py): at most this many chats and this
 # many characters of content (a few tens of MB at most), least recently used first out.
@@ -50,3 +63,11 @@ class LedgerLimits(msgspec.Struct, frozen=True, kw_only=True):
     # A by-config index entry whose chat does not exist is only repaired when older than this: younger
     # ones may belong to a creation in progress (the index is written first, design.md section 3).
     orphan_grace_ms: int = 60_000
+    # A hold's reply part is at most 1/hold_shares of the reply tokens the chat has free (and at least
+    # HOLD_REPLY_FLOOR_TOKENS of them, and never more than the reply may ask for), so that many
+    # concurrent exchanges of one chat can hold at once; 1 lets one hold take everything free.
+    hold_shares: int = 1
+
+    def __post_init__(self) -> None:
+        if self.hold_shares < 1:
+            raise ValueError("hold_shares must be at least 1")

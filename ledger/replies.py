@@ -27,6 +27,7 @@ from ledger.errors import (
     ReservationAlreadyVoided,
     ReservationExpired,
     ReservationNotFound,
+    TokensHeld,
 )
 from ledger.history import decode_entry
 
@@ -105,6 +106,23 @@ class Insufficient(Refusal, frozen=True, tag="insufficient"):
         )
 
 
+class Held(Refusal, frozen=True, tag="held"):
+    available_milli: int
+    needed_milli: int
+    limit_milli: int
+    used_milli: int
+    reserved_milli: int
+
+    def error(self) -> LedgerError:
+        return TokensHeld(
+            available_milli=self.available_milli,
+            needed_milli=self.needed_milli,
+            limit_milli=self.limit_milli,
+            used_milli=self.used_milli,
+            reserved_milli=self.reserved_milli,
+        )
+
+
 class Replayed(Refusal, frozen=True, tag="replay"):
     """The Idempotency-Key's exchange completed: its saved reply, to be answered again."""
 
@@ -178,6 +196,19 @@ class Page(Shape, frozen=True, tag="ok"):
     entries: list[Entry]
 
 
+class Erased(Shape, frozen=True, tag="ok"):
+    """erase_chat.lua: the config the chat was erased from ('' when nothing of it was left), whether its
+    meta hash was still there, and whether idempotency records are left for another call."""
+
+    config_id: str
+    existed: int
+    more: int
+
+
+class Kept(Shape, frozen=True, tag="kept"):
+    """erase_chat.lua left the chat alone: it is not deleted, or not for long enough."""
+
+
 class Metered(Shape, frozen=True):
     """rate_limit.lua: allowed (1) or not (0), and the milliseconds to wait when not."""
 
@@ -220,7 +251,12 @@ _RESOLVING = (
 )
 
 decode_reserve: ReplyDecoder[Granted] = ReplyDecoder(
-    "reserve", Granted, Insufficient, Replayed, *refused("not_found", "deleted", "in_flight", "key_reused")
+    "reserve",
+    Granted,
+    Insufficient,
+    Held,
+    Replayed,
+    *refused("not_found", "deleted", "in_flight", "key_reused"),
 )
 decode_settle: ReplyDecoder[Settled] = ReplyDecoder("settle", Settled, *refused("deleted", *_RESOLVING))
 decode_void: ReplyDecoder[Voided] = ReplyDecoder("void", Voided, *refused(*_RESOLVING))
@@ -236,5 +272,9 @@ decode_delete_chat: ReplyDecoder[ChatMeta] = ReplyDecoder(
 decode_restore_chat: ReplyDecoder[ChatMeta] = ReplyDecoder(
     "restore_chat", ChatMeta, *refused("not_found", "not_deleted")
 )
+decode_inspect_chat: ReplyDecoder[ChatMeta] = ReplyDecoder("inspect_chat", ChatMeta, *refused("not_found"))
 decode_history: ReplyDecoder[Page] = ReplyDecoder("history", Page, *refused("not_found", "deleted"))
+decode_erase_chat: ReplyDecoder[Erased | Kept] = ReplyDecoder(
+    "erase_chat", Erased, Kept, *refused("not_found")
+)
 decode_rate_limit: ReplyDecoder[Metered] = ReplyDecoder("rate_limit", Metered)

@@ -47,6 +47,8 @@ class ConfigRecord(Branding, kw_only=True, frozen=True):
     # Requests per second each API key of this config may make, with this burst; 0 means no limit.
     rate_limit_per_s: float = 0.0
     rate_limit_burst: int = 0
+    # Model calls the config may have running at once on each worker; 0 means the worker's default.
+    model_calls_max: int = 0
 
 
 class ChatState(msgspec.Struct, kw_only=True, frozen=True):

@@ -16,8 +16,15 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from ledger.connection import RedisClient, multiplexer_of
-from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK, HISTORY_SKIP_CHUNK, REAP_BATCH_MAX
+from ledger.connection import RedisClient, group_commit_of, multiplexer_of
+from ledger.limits import (
+    CONTEXT_TOKENS_KEPT,
+    CONTEXT_TOKENS_SLACK,
+    ERASE_RECORDS_MAX,
+    HISTORY_SKIP_CHUNK,
+    HOLD_REPLY_FLOOR_TOKENS,
+    REAP_BATCH_MAX,
+)
 from ledger.multiplex import Command
 
 SCRIPT_NAMES = (
@@ -28,9 +35,15 @@ SCRIPT_NAMES = (
     "top_up",
     "delete_chat",
     "restore_chat",
+    "inspect_chat",
     "history",
     "rate_limit",
+    "erase_chat",
 )
+# The scripts that move money or history: with a durability, each waits for a replica's acknowledgement
+# (ledger/durable.py). A reserve does not: a hold lost with its primary is caught by the settle, which
+# then finds no reservation and charges nothing.
+DURABLE_SCRIPTS = frozenset({"create_chat", "settle", "void", "top_up", "delete_chat", "restore_chat"})
 
 
 class ContextMode(enum.StrEnum):
@@ -56,6 +69,8 @@ def script_source(name: str) -> str:
         f"local REAP_BATCH_MAX = {REAP_BATCH_MAX}\nlocal HISTORY_SKIP_CHUNK = {HISTORY_SKIP_CHUNK}\n"
         f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
         f"local CONTEXT_TOKENS_SLACK = {CONTEXT_TOKENS_SLACK}\n"
+        f"local ERASE_RECORDS_MAX = {ERASE_RECORDS_MAX}\n"
+        f"local HOLD_REPLY_FLOOR_TOKENS = {HOLD_REPLY_FLOOR_TOKENS}\n"
     ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)
 
@@ -71,6 +86,7 @@ class Scripts:
     def __init__(self, redis: RedisClient, observe: Callable[[str, float], None] | None = None) -> None:
         self._redis = redis
         self.multiplexer = multiplexer_of(redis)
+        self.group_commit = group_commit_of(redis)
         # Called with (script name, seconds) after each `call`; ledger/ knows nothing of metrics.
         self.observe = observe
         self.create_chat: AsyncScript = redis.register_script(_SOURCES["create_chat"])
@@ -80,8 +96,10 @@ class Scripts:
         self.top_up: AsyncScript = redis.register_script(_SOURCES["top_up"])
         self.delete_chat: AsyncScript = redis.register_script(_SOURCES["delete_chat"])
         self.restore_chat: AsyncScript = redis.register_script(_SOURCES["restore_chat"])
+        self.inspect_chat: AsyncScript = redis.register_script(_SOURCES["inspect_chat"])
         self.history: AsyncScript = redis.register_script(_SOURCES["history"])
         self.rate_limit: AsyncScript = redis.register_script(_SOURCES["rate_limit"])
+        self.erase_chat: AsyncScript = redis.register_script(_SOURCES["erase_chat"])
 
     async def call(
         self, name: str, *, keys: Sequence[str], args: Sequence[str | bytes | int | float] = ()
@@ -93,6 +111,8 @@ class Scripts:
         script: AsyncScript = getattr(self, name)
         started = time.perf_counter()
         try:
+            if self.group_commit is not None and name in DURABLE_SCRIPTS:
+                return await self.group_commit.evalsha(script.sha, _SOURCES[name], keys, args)
             if self.multiplexer is not None:
                 return await self.multiplexer.evalsha(script.sha, _SOURCES[name], keys, args)
             return await script(keys=list(keys), args=list(args))

@@ -30,7 +30,8 @@ UnsetStr = Short | msgspec.UnsetType
 _WHOLE = {"x-type": "integer"}
 Burst = Annotated[float, msgspec.Meta(ge=0, le=1_000_000, extra_json_schema=_WHOLE)]
 OutputTokens = Annotated[float, msgspec.Meta(ge=1, le=1_000_000, extra_json_schema=_WHOLE)]
-_WHOLE_FIELDS = ("max_output_tokens", "rate_limit_burst")
+Calls = Annotated[float, msgspec.Meta(ge=0, le=100_000, extra_json_schema=_WHOLE)]
+_WHOLE_FIELDS = ("max_output_tokens", "rate_limit_burst", "model_calls_max")
 
 
 class ConfigFields(msgspec.Struct, kw_only=True):
@@ -45,6 +46,8 @@ class ConfigFields(msgspec.Struct, kw_only=True):
     completion_token_weight: Weight | msgspec.UnsetType = msgspec.UNSET
     rate_limit_per_s: RatePerS | msgspec.UnsetType = msgspec.UNSET
     rate_limit_burst: Burst | msgspec.UnsetType = msgspec.UNSET
+    # Model calls running at once per worker; 0 takes CHATLEDGER_MODEL_CALLS_PER_CONFIG.
+    model_calls_max: Calls | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
         for name in _WHOLE_FIELDS:
@@ -139,6 +142,7 @@ class AdminConfig(_IdentifiedBranding, kw_only=True, frozen=True):
     completion_token_weight: float
     rate_limit_per_s: float
     rate_limit_burst: int
+    model_calls_max: int
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -211,6 +215,12 @@ class ReconciliationOut(msgspec.Struct, kw_only=True):
 
 class Done(msgspec.Struct):
     done: bool
+
+
+class EraseQuery(msgspec.Struct, frozen=True):
+    """Without `erase` a DELETE is the soft delete; with it every record goes and nothing can restore it."""
+
+    erase: bool = False
 
 
 # AdminConfig's fields that the record holds under the same name and as they are shown.

@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from ledger import RedisClient
-from service import handlers, lifecycle
+from service import handlers, lifecycle, retention
 from service.admission import Admission
-from service.appkeys import ADMISSION, METRICS, PROVIDER, REDIS, SETTINGS
+from service.appkeys import ADMISSION, METRICS, MODEL_CALLS, PROVIDER, REDIS, SETTINGS
 from service.metrics import Metrics
 from service.middlewares import request_context
+from service.model_calls import ModelCalls
 from service.providers import Provider
 from service.routing import mount
 from service.settings import Settings
@@ -24,10 +25,12 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[ADMISSION] = Admission(settings.max_in_flight, settings.api_prefix)
+    app[MODEL_CALLS] = ModelCalls(settings.model_calls_per_config, app[METRICS].model_calls_refused)
     if redis is not None:
         app[REDIS] = redis
     if provider is not None:
         app[PROVIDER] = provider
     app.cleanup_ctx.extend([lifecycle.redis_client, lifecycle.ledger_and_tenants, lifecycle.model_provider])
+    app.cleanup_ctx.append(retention.retention_pass)
     mount(app, handlers.all_routes(), settings.api_prefix)
     return app

@@ -9,6 +9,7 @@ from service.admission import Admission
 from service.auth import Authenticator
 from service.exchange import Exchange
 from service.metrics import Metrics
+from service.model_calls import ModelCalls
 from service.providers import Provider
 from service.settings import Settings
 from service.widget import Widget
@@ -23,6 +24,7 @@ PROVIDER = web.AppKey("provider", Provider)
 EXCHANGE = web.AppKey("exchange", Exchange)
 METRICS = web.AppKey("metrics", Metrics)
 ADMISSION = web.AppKey("admission", Admission)
+MODEL_CALLS = web.AppKey("model_calls", ModelCalls)
 # The chat widget; None when it has no key and its routes answer 404.
 WIDGET: web.AppKey[Widget | None] = web.AppKey("widget")
 

@@ -5,6 +5,7 @@ operations as the admin HTTP API, run directly against Redis.
     chatledger config show CONFIG_ID | list | delete CONFIG_ID
     chatledger key create CONFIG_ID | list CONFIG_ID | revoke (API_KEY | CONFIG_ID KEY_ID)
     chatledger chat show CHAT_ID | restore CHAT_ID | journal CHAT_ID [--limit N]
+    chatledger chat erase CHAT_ID | config erase CONFIG_ID     (service/cli_data.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 import ledger
+from service import cli_data
 from service.admin_schemas import (
     ConfigPatch,
     admin_chat,
@@ -64,6 +66,9 @@ def _config_options(parser: argparse.ArgumentParser, *, update: bool) -> None:
         parser.add_argument(flag, dest=name, metavar="WEIGHT", type=float, help=help_text)
     parser.add_argument("--rate-limit-per-s", type=float, help="requests per second per API key (0: none)")
     parser.add_argument("--rate-limit-burst", type=int, help="requests an API key may make at once")
+    parser.add_argument(
+        "--model-calls-max", type=int, help="model calls running at once per worker (0: the default)"
+    )
 
 
 def add_commands(commands: Any) -> None:
@@ -99,6 +104,8 @@ def add_commands(commands: Any) -> None:
     journal = chat.add_parser("journal", help="the chat's usage journal and its reconciliation")
     journal.add_argument("chat_id")
     journal.add_argument("--limit", type=int, default=1000, help="entries to print (default 1000)")
+    cli_data.add_erase_commands(config, chat)
+    cli_data.add_export_command(commands)
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -199,7 +206,7 @@ async def _key_revoke(stores: Stores, args: argparse.Namespace) -> int:
 
 
 async def _chat_show(stores: Stores, args: argparse.Namespace) -> int:
-    _print_json(admin_chat(await stores.ledger.get_chat(None, _chat_id(args.chat_id))))
+    _print_json(admin_chat(await stores.ledger.inspect_chat(_chat_id(args.chat_id))))
     return 0
 
 
@@ -240,4 +247,7 @@ _COMMANDS: dict[tuple[str, str], Command] = {
     ("chat", "show"): _chat_show,
     ("chat", "restore"): _chat_restore,
     ("chat", "journal"): _chat_journal,
+    ("chat", "erase"): cli_data.chat_erase,
+    ("config", "erase"): cli_data.config_erase,
+    ("export", "run"): cli_data.export,
 }

@@ -192,6 +192,9 @@ class Exchange:
         except ledger.InsufficientTokens:
             self._metrics.insufficient.inc()
             raise
+        except ledger.TokensHeld:
+            self._metrics.tokens_held.inc()
+            raise
         self._metrics.reserved(reservation)
         if reservation.reclaimed:
             self._metrics.reservations_expired.inc(reservation.reclaimed)

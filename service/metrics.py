@@ -28,6 +28,10 @@ _UPSTREAM_FAULTS_HELP = (
     "estimate instead), or a reply past max_tokens (cut at the budget)."
 )
 
+_MODEL_CALLS_HELP = (
+    "Messages refused with 429 `model_calls_exceeded`: their config had its share of a worker's model "
+    "calls running."
+)
 _SHED_HELP = (
     "Requests refused with 503 `overloaded` at the worker's in-flight cap, by route (not in the 5xx of "
     "chatledger_http_requests_total, so an alert on those sees only the service's faults)."
@@ -69,6 +73,11 @@ class Metrics:
         self.insufficient = Counter(
             "chatledger_insufficient_tokens", "Messages refused with 402 before any generation.", registry=r
         )
+        self.tokens_held = Counter(
+            "chatledger_tokens_held",
+            "Messages refused with 429 tokens_held: the chat could pay, messages in flight held its tokens.",
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             "chatledger_upstream_duration_seconds", "Model call latency.", ["provider"],
             buckets=_HTTP_BUCKETS_S, registry=r,
@@ -78,6 +87,7 @@ class Metrics:
         )
         # Apart from chatledger_http_requests_total: a refusal under overload is no fault of the service.
         self.requests_shed = Counter("chatledger_http_requests_shed", _SHED_HELP, ["route"], registry=r)
+        self.model_calls_refused = Counter("chatledger_model_calls_refused", _MODEL_CALLS_HELP, registry=r)
         self.script_latency = Histogram(
             "chatledger_redis_script_duration_seconds", "Ledger script latency.", ["script"],
             buckets=_REDIS_BUCKETS_S, registry=r,

@@ -212,3 +212,11 @@ local function read_record(key)
   local state, fingerprint, detail = string.match(record, '^(%a)|([^|]*)|(.*)$')
   return state, fingerprint, detail
 end
+
+-- Note an idempotency record in the chat's index of them (Keyspace.chat_idempotency_index), so an
+-- erasure finds every record of the chat without a SCAN; `gone_ms` is when the record has expired for
+-- sure. Entries past theirs are dropped here, so the index holds about a day of keyed requests.
+local function index_record(index_key, record_key, gone_ms, now)
+  redis.call('ZREMRANGEBYSCORE', index_key, '-inf', '(' .. int(now))
+  redis.call('ZADD', index_key, int(gone_ms), string.match(record_key, '[^:]+$'))
+end

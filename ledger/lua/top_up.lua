@@ -1,12 +1,13 @@
 -- top_up: add tokens to a chat's limit (PUT /chats/{id}/tokens/ adds, it does not set).
 -- KEYS[1] meta hash   KEYS[2] journal stream   KEYS[3] (optional) the Idempotency-Key's record
+-- KEYS[4] (with KEYS[3]) the chat's index of its idempotency records
 -- ARGV[1] caller's config id   ARGV[2] milli-tokens to add (> 0)   ARGV[3] the most a limit may be
 -- ARGV[4] the request's fingerprint   ARGV[5] idempotency_ttl_ms (both only with KEYS[3])
 -- Reply: {'ok', {field, value, ...}} (the whole meta hash after the change);
 --        {'replay', limit, used, {field, value, ...}} (the key's top-up happened: the balance it
 --        answered, then the meta hash now);
 --        {'not_found'}; {'deleted'}; {'limit_too_large'}; {'key_reused'}.
-local meta, journal_key, record_key = KEYS[1], KEYS[2], KEYS[3]
+local meta, journal_key, record_key, record_index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local config_id = ARGV[1]
 local add_milli = tonumber(ARGV[2])
 local limit_milli_max = tonumber(ARGV[3])
@@ -39,5 +40,7 @@ journal(journal_key, 'top_up', '', 0, 0, add_milli, 0)
 if record_key then
   redis.call('SET', record_key, 't|' .. fingerprint .. '|' .. int(chat.limit) .. '|' .. int(chat.used),
     'PX', record_ttl_ms)
+  local now = now_ms()
+  index_record(record_index, record_key, now + record_ttl_ms, now)
 end
 return {'ok', redis.call('HGETALL', meta)}

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from service.handlers import (
     admin,
+    admin_data,  # noqa: F401  (its routes join admin.routes when it is imported)
     chats,
     config,
     health,

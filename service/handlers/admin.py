@@ -23,6 +23,7 @@ from service.admin_schemas import (
     ConfigFields,
     ConfigPatch,
     Done,
+    EraseQuery,
     IssuedKeyOut,
     JournalPage,
     JournalQuery,
@@ -80,7 +81,7 @@ def _admin(method: str, path: str, doc: Doc) -> Callable[[Handler], Handler]:
     return register
 
 
-def _config_id(request: web.Request) -> str:
+def config_id_of(request: web.Request) -> str:
     config_id = ledger.normalize_uuid(request.match_info["config_id"])
     if config_id is None:
         raise ledger.ConfigNotFound()
@@ -88,7 +89,7 @@ def _config_id(request: web.Request) -> str:
 
 
 async def _config(request: web.Request) -> ledger.ConfigRecord:
-    config = await request.app[TENANTS].get_config(_config_id(request))
+    config = await request.app[TENANTS].get_config(config_id_of(request))
     if config is None:
         raise ledger.ConfigNotFound()
     return config
@@ -106,6 +107,10 @@ def _fields(body: ConfigFields) -> dict[str, Any]:
         return body.record_fields()
     except ledger.InvalidAmount as exc:
         raise ApiError(422, "invalid_weight", str(exc)) from exc
+
+
+# The decorator for admin routes defined in other modules (service/handlers/admin_data.py).
+admin_route = _admin
 
 
 # --- configs -----------------------------------------------------------------------------------------
@@ -134,17 +139,25 @@ async def get_config(request: web.Request) -> web.Response:
         Doc(summary="Change some fields of a config.", body=ConfigPatch, response=AdminConfig,
             errors=(404,)))  # fmt: skip
 async def update_config(request: web.Request) -> web.Response:
-    config_id = _config_id(request)
+    config_id = config_id_of(request)
     body = decode_body(await request.read(), CONFIG_PATCH_DECODER)
     config = await request.app[TENANTS].update_config(config_id, **_fields(body))
     return json_response(admin_config(config))
 
 
 @_admin("DELETE", "/admin/configs/{config_id}",
-        Doc(summary="Delete a config and revoke its keys (its chats are kept).", response=Done,
-            errors=(404,)))  # fmt: skip
+        Doc(summary="Delete a config and revoke its keys (its chats are kept); with erase=true, erase "
+                    "it and every chat of it for good.", query=EraseQuery,
+            response=Done, errors=(404,)))  # fmt: skip
 async def delete_config(request: web.Request) -> web.Response:
-    if not await request.app[TENANTS].delete_config(_config_id(request)):
+    config_id = config_id_of(request)
+    if decode_query(request, EraseQuery).erase:
+        # Resumes an interrupted erasure: the config record may be gone while its chats are not.
+        if not await request.app[LEDGER].config_exists(config_id):
+            raise ledger.ConfigNotFound()
+        await request.app[LEDGER].erase_config(config_id)
+        return json_response(Done(True))
+    if not await request.app[TENANTS].delete_config(config_id):
         raise ledger.ConfigNotFound()
     return json_response(Done(True))
 
@@ -153,7 +166,7 @@ async def delete_config(request: web.Request) -> web.Response:
 @_admin("POST", "/admin/configs/{config_id}/keys",
         Doc(summary="Issue an API key (shown once).", response=IssuedKeyOut, errors=(404,)))  # fmt: skip
 async def issue_key(request: web.Request) -> web.Response:
-    issued = await request.app[TENANTS].issue_key(_config_id(request))
+    issued = await request.app[TENANTS].issue_key(config_id_of(request))
     return json_response(
         IssuedKeyOut(
             key_id=issued.key_id, api_key=issued.api_key, config_id=issued.config_id,
@@ -175,7 +188,7 @@ async def list_keys(request: web.Request) -> web.Response:
 @_admin("DELETE", "/admin/configs/{config_id}/keys/{key_id}",
         Doc(summary="Revoke an API key.", response=Done, errors=(404,)))  # fmt: skip
 async def revoke_key(request: web.Request) -> web.Response:
-    if not await request.app[TENANTS].revoke_key(_config_id(request), request.match_info["key_id"]):
+    if not await request.app[TENANTS].revoke_key(config_id_of(request), request.match_info["key_id"]):
         raise ApiError(404, "key_not_found", "No such key for this config.")
     return json_response(Done(True))
 
@@ -184,7 +197,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 @_admin("GET", "/admin/chats/{chat_id}",
         Doc(summary="Read any chat with its ledger figures.", response=AdminChat, errors=(404,)))  # fmt: skip
 async def get_chat(request: web.Request) -> web.Response:
-    return json_response(admin_chat(await request.app[LEDGER].get_chat(None, path_chat_id(request))))
+    return json_response(admin_chat(await request.app[LEDGER].inspect_chat(path_chat_id(request))))
 
 
 @_admin("GET", "/admin/chats/{chat_id}/messages/",

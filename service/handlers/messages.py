@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 import ledger
-from service.appkeys import EXCHANGE, LEDGER
+from service.appkeys import EXCHANGE, LEDGER, MODEL_CALLS
 from service.handlers.common import json_response, tenant_of
 from service.openapi import Doc, documented
 from service.requests import chat_id_from, decode_body, history_query, message_request, path_chat_id
@@ -33,12 +33,16 @@ async def answer_message(
     stream: bool,
 ) -> web.StreamResponse:
     """Run one exchange and answer its message as JSON, or stream it as Server-Sent Events. A retry with
-    the same Idempotency-Key gets the saved message as JSON, with no model call and no charge."""
+    the same Idempotency-Key gets the saved message as JSON, with no model call and no charge. A config
+    with its share of this worker's model calls running gets 429 before anything is reserved."""
     try:
-        if stream:
-            return await stream_reply(request, config, chat_id, content, idempotency)
-        settlement = await request.app[EXCHANGE].send(config, chat_id, content, idempotency)
+        with request.app[MODEL_CALLS].call(config):
+            if stream:
+                return await stream_reply(request, config, chat_id, content, idempotency)
+            settlement = await request.app[EXCHANGE].send(config, chat_id, content, idempotency)
     except ledger.ExchangeReplayed as replay:
+        # The first attempt may have been saved and never acknowledged (503 `not_replicated`).
+        await request.app[LEDGER].confirm_durable(chat_id)
         return json_response(message_out(chat_id, replay.message))
     return json_response(message_out(chat_id, settlement.ai_message))
 
@@ -62,7 +66,7 @@ async def history_page(
         response=MessageOut,
         description='Streams when the body says `"stream": true` or the Accept header names '
         "text/event-stream; a retry with the same Idempotency-Key gets the saved message as JSON.",
-        errors=(402, 409, 502, 504),
+        errors=(402, 409, 429, 502, 504),
         media_types=("application/json", "text/event-stream"),
         idempotent=True,
     )

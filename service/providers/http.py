@@ -215,6 +215,7 @@ class HttpPool:
         connect_timeout_s: float,
         read_timeout_s: float,
         limit: int = 100,
+        wait_s: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -229,6 +230,9 @@ class HttpPool:
         self._head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
+        # How long a POST waits for one of the `limit` connections when all are busy: a bound of its
+        # own, so that a full pool fails a call quickly instead of spending its exchange's deadline.
+        self.wait_s = wait_s
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
         self._open: set[_Connection] = set()
@@ -237,7 +241,7 @@ class HttpPool:
         """POST `body` (JSON) and read the answer's head; its body is the caller's to read."""
         loop = asyncio.get_running_loop()
         if self._slots.locked():
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(min(deadline, loop.time() + self.wait_s)):
                 await self._slots.acquire()
         else:
             await self._slots.acquire()

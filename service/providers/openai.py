@@ -145,6 +145,8 @@ class OpenAIProvider:
         api_key: str | None,
         model: str,
         connect_timeout_s: float = 5.0,
+        pool_size: int = 100,
+        pool_wait_s: float = 1.0,
         read_timeout_s: float = 30.0,
         total_timeout_s: float = 90.0,
         max_retries: int = 2,
@@ -158,11 +160,17 @@ class OpenAIProvider:
         headers = {"User-Agent": f"chatledger/{service.__version__}", "Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        # One pool per process: connections to the upstream are reused across requests. The read
-        # timeout bounds every wait for bytes, the first one included; the total is enforced per
-        # exchange (across retries and the whole stream), not per HTTP request.
+        # One pool per process: connections to the upstream are reused across requests, at most
+        # `pool_size` at once; a call waits for a free one at most `pool_wait_s`. The read timeout
+        # bounds every wait for bytes, the first one included; the total is enforced per exchange
+        # (across retries and the whole stream), not per HTTP request.
         self._pool = HttpPool(
-            self.url, headers, connect_timeout_s=connect_timeout_s, read_timeout_s=read_timeout_s
+            self.url,
+            headers,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            limit=pool_size,
+            wait_s=pool_wait_s,
         )
 
     @classmethod
@@ -174,6 +182,8 @@ class OpenAIProvider:
             api_key=settings.openai_api_key,
             model=settings.openai_model,
             connect_timeout_s=settings.openai_connect_timeout_s,
+            pool_size=settings.openai_pool_size,
+            pool_wait_s=settings.openai_pool_wait_s,
             read_timeout_s=settings.openai_read_timeout_s,
             total_timeout_s=settings.openai_total_timeout_s,
             max_retries=settings.openai_max_retries,

@@ -26,6 +26,8 @@ ROWS = [
     "History first page",
     "History cursor page from the middle",
     "History offset page in the middle",
+    "History page of 50 at offset",
+    "Slowest Redis call of the API's requests",
     "Redis round trips per message |",
     "Redis memory per message sent through the API",
     "Redis memory per message, history stream alone",
@@ -34,6 +36,7 @@ ROWS = [
     "`openai` provider, streamed, 1 worker",
     "`openai` provider, non-streamed, against the offline model",
     "`openai` provider, streamed against non-streamed",
+    "Fairness, 1 worker, share 32:",
 ]
 
 

@@ -155,3 +155,50 @@ async def _chat_with_exchange(server: RedisServer, config_id: str) -> str:
         return chat.chat_id
     finally:
         await client.aclose()
+
+
+@pytest.mark.redis
+class TestEraseCommands:
+    def test_chat_erase_and_config_erase(
+        self, redis_env: RedisServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """`chat erase` removes one chat for good (a second run is 1, not found); `config erase` removes
+        the config and its other chats, and says how many."""
+        assert main(["config", "create", "--agent-name", "Bot", "--company-name", "Acme"]) == 0
+        config_id = re.search(r"config_id: (\S+)", capsys.readouterr().out)
+        assert config_id
+        erased = asyncio.run(_chat_with_exchange(redis_env, config_id[1]))
+        others = [asyncio.run(_chat_with_exchange(redis_env, config_id[1])) for _ in range(2)]
+        assert main(["chat", "erase", erased]) == 0
+        assert f"erased chat {erased}" in capsys.readouterr().err
+        assert main(["chat", "show", erased]) == 1
+        assert main(["chat", "erase", erased]) == 1
+        assert main(["config", "erase", config_id[1]]) == 0
+        assert f"and {len(others)} chats" in capsys.readouterr().err
+        for chat_id in others:
+            assert main(["chat", "show", chat_id]) == 1
+        assert main(["config", "erase", config_id[1]]) == 1
+
+
+@pytest.mark.redis
+class TestExportCommand:
+    def test_export_prints_ndjson_and_resumes(
+        self, redis_env: RedisServer, capsysbinary: pytest.CaptureFixture[bytes]
+    ) -> None:
+        """`chatledger export` writes the same lines as the admin route; `--cursor` resumes after one."""
+        assert main(["config", "create", "--agent-name", "Bot", "--company-name", "Acme"]) == 0
+        config_id = re.search(rb"config_id: (\S+)", capsysbinary.readouterr().out)
+        assert config_id
+        chat_id = asyncio.run(_chat_with_exchange(redis_env, config_id[1].decode()))
+        assert main(["export", config_id[1].decode()]) == 0
+        assert capsysbinary.readouterr().out == b'{"type":"end","chats":0,"messages":0}\n'
+        assert main(["export", config_id[1].decode(), "--include-deleted"]) == 0
+        lines = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
+        assert [line["type"] for line in lines] == ["chat", "message", "message", "end"]
+        assert lines[0]["chat"]["chat_id"] == chat_id
+        assert (
+            main(["export", config_id[1].decode(), "--include-deleted", "--cursor", lines[1]["cursor"]]) == 0
+        )
+        rest = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
+        assert rest[0] == lines[2]
+        assert main(["export", config_id[1].decode(), "--cursor", "junk"]) == 2

@@ -67,3 +67,21 @@ async def chat_snapshot(redis: Redis, keyspace: Keyspace, chat_id: str) -> dict[
 
 async def meta_field(redis: Redis, keyspace: Keyspace, chat_id: str, field: str) -> int:
     return int(cast(str, await redis.hget(keyspace.chat_meta(chat_id), field)))
+
+
+async def numbered_exchanges(ledger: Ledger, config: ConfigRecord, chat_id: str, exchanges: int) -> None:
+    """`exchanges` settled exchanges; the n-th question costs n+1 tokens and its reply 1."""
+    for n in range(exchanges):
+        held = await reserve(ledger, config, chat_id, prompt_tokens=1, completion_tokens_max=1)
+        await settle(ledger, held, charge_milli=1, user=f"q{n}", reply=f"a{n}", user_tokens=n + 1)
+
+
+async def voided_context(
+    ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6, tokens_max: int = 10_000
+) -> Reservation:
+    """The context a reserve would give now, its hold voided at once."""
+    held = await reserve(
+        ledger, config, chat_id, prompt_tokens=1, history_tokens_max=tokens_max, history_count_max=count
+    )
+    await ledger.void(held)
+    return held

@@ -142,6 +142,8 @@ class TestScriptKeysOnTheWire:
         with pytest.raises(ChatDeleted):
             await ledger.read_history(config.config_id, chat.chat_id, HistoryQuery(limit=10))
         await ledger.restore_chat(chat.chat_id)
+        await ledger.inspect_chat(chat.chat_id)
+        await ledger.erase_chat(chat.chat_id)
         digest = "ab" * 32
         await TenantStore(fake_redis, keyspace).rate_limit(digest, per_s=1.0, burst=1)
 

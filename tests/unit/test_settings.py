@@ -38,12 +38,24 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "base_path": ["/chats/{id}", "/a b", "/" + "p" * 201],
     "redis_url": ["http://localhost:6379", "redis://localhost:notaport", "redis://localhost:6379/zero", "x"],
     "redis_cluster_url": ["unix:///tmp/redis.sock", "redis://:70000", "redis://"],
+    "redis_sentinel_url": [
+        "redis://a:26379/svc",
+        "redis+sentinel://a:26379",
+        "redis+sentinel://a:0/svc",
+        "redis+sentinel://a/svc",
+        "redis+sentinel://a:1,b/svc",
+        "redis+sentinel://a:1/svc/zero",
+    ],
+    "durability": ["replicas", "all"],
+    "durability_timeout_ms": ["0", "10001"],
     "workers": ["0", "129"],
     "shutdown_timeout_s": ["0", "3601", "nan"],
     "header_timeout_s": ["0", "301", "inf"],
     "keepalive_timeout_s": ["0", "3601"],
     "max_in_flight": ["0", "100001", "many"],
+    "model_calls_per_config": ["0", "100001", "1.5"],
     "message_delay_ms": ["-1", "600001"],
+    "hold_shares": ["0", "65", "half"],
     "key_prefix": ["a{b}", "k" * 33, "has space"],
     "log_format": ["xml"],
     "log_level": ["verbose"],
@@ -54,6 +66,8 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "openai_api_key": ["sk x", "k" * 4097],
     "openai_model": ["gpt 4", "m" * 257],
     "openai_connect_timeout_s": ["0", "301"],
+    "openai_pool_size": ["0", "10001", "many"],
+    "openai_pool_wait_s": ["0", "61", "soon"],
     "openai_read_timeout_s": ["0", "3601"],
     "openai_total_timeout_s": ["0", "3601"],
     "openai_max_retries": ["-1", "11"],
@@ -68,6 +82,8 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "demo_api_key": ["has space", "cl\u00e9"],
     "widget_api_key": ["has space", "k" * 513],
     "widget_token_limit": ["0", "1e13"],
+    "deleted_chat_retention_s": ["-1", "1e10", "nan"],
+    "retention_interval_s": ["0", "0.01", "86401"],
 }
 CASES = [pytest.param(name, value, id=f"{env_name(name)}={value[:20]}") for name in FIELDS
          for value in OUT_OF_RANGE.get(name, [])]  # fmt: skip
@@ -78,8 +94,8 @@ def serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     bounded, so a serve that wrongly starts fails the test."""
     (port,) = free_ports(1)
     env = {"CHATLEDGER_PORT": str(port), **env}
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("CHATLEDGER_") and k not in ("REDIS_URL", "REDIS_CLUSTER_URL")}  # fmt: skip
+    redis_urls = ("REDIS_URL", "REDIS_CLUSTER_URL", "REDIS_SENTINEL_URL")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHATLEDGER_") and k not in redis_urls}
     command = [sys.executable, "-m", "service", "serve"]
     return subprocess.run(
         command, env={**clean, **env}, capture_output=True, text=True, timeout=SERVE_BOUND_S, cwd=ROOT

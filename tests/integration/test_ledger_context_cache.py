@@ -1,8 +1,5 @@
-"""The context list: reserve prices history from token counts settle keeps, never from stale ones.
-
-Each test states what a reserve must see; the list is only a faster way to see it, so a list that is
-missing (a chat made before it existed) or out of step (a message appended by a worker that did not keep
-it) must give the same context and price as the stream itself.
+"""Each worker's cache of a chat's newest messages: the context it gives is the one the stream would give,
+and it stays bounded.
 """
 
 from __future__ import annotations
@@ -10,165 +7,14 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from ledger import ConfigRecord, Keyspace, Ledger, RedisClient, Reservation, TenantStore
+from ledger import ConfigRecord, Keyspace, Ledger, RedisClient, TenantStore
 from ledger.context import SHARED_RESERVES, ContextCache
 from ledger.history import make_message
-from ledger.limits import CONTEXT_TOKENS_KEPT, CONTEXT_TOKENS_SLACK
-from tests.integration.helpers import reserve, settle
-
-
-async def _history(ledger: Ledger, config: ConfigRecord, chat_id: str, exchanges: int) -> None:
-    """`exchanges` settled exchanges; the n-th question costs n+1 tokens and its reply 1."""
-    for n in range(exchanges):
-        held = await reserve(ledger, config, chat_id, prompt_tokens=1, completion_tokens_max=1)
-        await settle(ledger, held, charge_milli=1, user=f"q{n}", reply=f"a{n}", user_tokens=n + 1)
-
-
-async def _kept_counts(redis_client: RedisClient, ledger: Ledger, chat_id: str) -> list[int]:
-    """The packed token counts settle keeps (4 bytes each, big-endian, oldest first)."""
-    packed = await redis_client.execute_command("GETRANGE", ledger.keys.chat_context_tokens(chat_id), 0, -1)
-    raw = packed.encode("latin-1") if isinstance(packed, str) else bytes(packed)
-    return [int.from_bytes(raw[i : i + 4], "big") for i in range(0, len(raw), 4)]
-
-
-async def _context(
-    ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6, tokens_max: int = 10_000
-) -> Reservation:
-    held = await reserve(
-        ledger, config, chat_id, prompt_tokens=1, history_tokens_max=tokens_max, history_count_max=count
-    )
-    await ledger.void(held)
-    return held
-
-
-class TestContextList:
-    async def test_a_chat_without_a_list_is_priced_from_its_stream(
-        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
-    ) -> None:
-        """A chat from before the list (no list, no `ctxlen`) gets the same context and price; the
-        reserve rebuilds the list, and the next reserve agrees."""
-        chat = await ledger.create_chat(config, 10_000_000)
-        await _history(ledger, config, chat.chat_id, 4)
-        expected = await _context(ledger, config, chat.chat_id)
-        await redis_client.delete(ledger.keys.chat_context_tokens(chat.chat_id))
-        await redis_client.hdel(ledger.keys.chat_meta(chat.chat_id), "ctxlen")
-        rebuilt = await _context(ledger, config, chat.chat_id)
-        again = await _context(ledger, config, chat.chat_id)
-        for held in (rebuilt, again):
-            assert [m.content for m in held.context] == [m.content for m in expected.context]
-            assert held.prompt_milli == expected.prompt_milli == (1 + 2 + 1 + 3 + 1 + 4 + 1) * 1000
-        assert await _kept_counts(redis_client, ledger, chat.chat_id) == [1, 1, 2, 1, 3, 1, 4, 1]
-
-    async def test_a_list_without_its_newest_id_is_rebuilt(
-        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
-    ) -> None:
-        """A list in step by length but without the stream's newest id (`last`) is not trusted: the
-        reserve rebuilds it and names the newest id, which checks what the worker reads."""
-        chat = await ledger.create_chat(config, 10_000_000)
-        await _history(ledger, config, chat.chat_id, 3)
-        await redis_client.hdel(ledger.keys.chat_meta(chat.chat_id), "last")
-        fresh = Ledger(redis_client, ledger.keys)
-        assert [m.content for m in (await _context(fresh, config, chat.chat_id)).context] == [
-            "q0", "a0", "q1", "a1", "q2", "a2",
-        ]  # fmt: skip
-        assert await redis_client.hget(ledger.keys.chat_meta(chat.chat_id), "last") is not None
-
-    async def test_a_message_the_list_missed_is_priced(
-        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
-    ) -> None:
-        """A message appended without the list (an older worker's settle) puts the list out of step:
-        the next reserve sees the message and its tokens anyway."""
-        chat = await ledger.create_chat(config, 10_000_000)
-        await _history(ledger, config, chat.chat_id, 2)
-        await redis_client.xadd(
-            ledger.keys.chat_messages(chat.chat_id), {"u": "1", "c": "late", "t": "7", "m": "0", "f": ""}
-        )
-        held = await _context(ledger, config, chat.chat_id, count=3)
-        assert [m.content for m in held.context] == ["q1", "a1", "late"]
-        assert held.prompt_milli == (1 + 2 + 1 + 7) * 1000
-        # Settles keep the rebuilt list in step from here on.
-        await _history(ledger, config, chat.chat_id, 1)
-        held = await _context(ledger, config, chat.chat_id, count=3)
-        assert [m.content for m in held.context] == ["late", "q0", "a0"]
-        assert held.prompt_milli == (1 + 7 + 1 + 1) * 1000
-
-    async def test_all_kept_counts_price_newest_first(
-        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
-    ) -> None:
-        """A context of every kept count, cut by the token budget: the script reads the counts in one
-        call (struct on a real Redis) and must take them newest first, stopping at the first that does
-        not fit."""
-        chat = await ledger.create_chat(config, 10**12)
-        await _history(ledger, config, chat.chat_id, CONTEXT_TOKENS_KEPT // 2)
-        # Newest first the counts are 1, 64, 1, 63, ... 1, 1: the budget takes the newest 20.
-        newest = [c for n in reversed(range(CONTEXT_TOKENS_KEPT // 2)) for c in (1, n + 1)]
-        budget = sum(newest[:20])
-        fresh = Ledger(redis_client, ledger.keys)
-        held = await _context(fresh, config, chat.chat_id, count=CONTEXT_TOKENS_KEPT, tokens_max=budget)
-        assert len(held.context) == 20
-        assert held.prompt_milli == (1 + budget) * 1000
-
-    async def test_a_context_longer_than_the_list_is_priced_from_the_stream(
-        self, ledger: Ledger, config: ConfigRecord
-    ) -> None:
-        """history_count_max above CONTEXT_TOKENS_KEPT still prices every message it takes."""
-        chat = await ledger.create_chat(config, 10**12)
-        exchanges = CONTEXT_TOKENS_KEPT // 2 + 3
-        await _history(ledger, config, chat.chat_id, exchanges)
-        held = await _context(ledger, config, chat.chat_id, count=CONTEXT_TOKENS_KEPT + 4)
-        assert len(held.context) == CONTEXT_TOKENS_KEPT + 4
-        # Whole exchanges from the third on, each n+1 + 1 tokens.
-        assert held.context[0].content == "q1"
-        assert held.prompt_milli == (1 + sum(n + 1 + 1 for n in range(1, exchanges))) * 1000
-
-    async def test_counts_of_every_size_are_kept_exactly(
-        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
-    ) -> None:
-        """Counts that take 1, 2, 3 and 4 bytes of the packed string price the context exactly, from
-        the counts settle kept and from counts rebuilt from the stream."""
-        chat = await ledger.create_chat(config, 10**15)
-        sizes = [0, 255, 256, 65_535, 65_536, 16_777_215, 16_777_216, 2**32 - 1]
-        for n, tokens in enumerate(sizes):
-            held = await reserve(ledger, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
-            await settle(ledger, held, charge_milli=1, user=f"q{n}", reply=f"a{n}", user_tokens=tokens)
-        expected = (1 + sum(tokens + 1 for tokens in sizes)) * 1000
-        count = 2 * len(sizes)
-        for rebuilt in (False, True):
-            if rebuilt:
-                await redis_client.delete(ledger.keys.chat_context_tokens(chat.chat_id))
-            fresh = Ledger(redis_client, ledger.keys)
-            held = await reserve(
-                fresh,
-                config,
-                chat.chat_id,
-                prompt_tokens=1,
-                history_tokens_max=2**40,
-                history_count_max=count,
-            )
-            await fresh.void(held)
-            assert held.prompt_milli == expected
-            assert len(held.context) == count
-
-    async def test_the_list_stays_bounded(
-        self, ledger: Ledger, config: ConfigRecord, redis_client: RedisClient
-    ) -> None:
-        """Settle trims the list back to CONTEXT_TOKENS_KEPT once it passes the slack, and a context of
-        the whole list is still priced from it correctly."""
-        chat = await ledger.create_chat(config, 10**12)
-        exchanges = (CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK) // 2 + 5
-        await _history(ledger, config, chat.chat_id, exchanges)
-        kept = len(await _kept_counts(redis_client, ledger, chat.chat_id))
-        assert CONTEXT_TOKENS_KEPT <= kept <= CONTEXT_TOKENS_KEPT + CONTEXT_TOKENS_SLACK
-        assert kept < 2 * exchanges
-        held = await _context(
-            Ledger(redis_client, ledger.keys), config, chat.chat_id, count=CONTEXT_TOKENS_KEPT
-        )
-        newest = range(exchanges - CONTEXT_TOKENS_KEPT // 2, exchanges)
-        assert held.prompt_milli == (1 + sum(n + 1 + 1 for n in newest)) * 1000
+from tests.integration.helpers import numbered_exchanges, reserve, settle, voided_context
 
 
 async def _newest(ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6) -> list[str]:
-    return [m.content for m in (await _context(ledger, config, chat_id, count)).context]
+    return [m.content for m in (await voided_context(ledger, config, chat_id, count)).context]
 
 
 class TestContextCache:
@@ -184,7 +30,7 @@ class TestContextCache:
         chat = await ledger.create_chat(config, 10**12)
         for n in range(12):
             worker = (ledger, other)[n % 2]
-            await _history(worker, config, chat.chat_id, 1 + n % 3)
+            await numbered_exchanges(worker, config, chat.chat_id, 1 + n % 3)
             fresh = Ledger(redis_client, ledger.keys)
             expected = await _newest(fresh, config, chat.chat_id, count=5)
             assert await _newest(ledger, config, chat.chat_id, count=5) == expected
@@ -195,9 +41,9 @@ class TestContextCache:
     ) -> None:
         """A cache of the newest 2 messages cannot make the newest 6: those are read again."""
         chat = await ledger.create_chat(config, 10**12)
-        await _history(ledger, config, chat.chat_id, 4)
+        await numbered_exchanges(ledger, config, chat.chat_id, 4)
         assert await _newest(ledger, config, chat.chat_id, count=2) == ["q3", "a3"]
-        await _history(ledger, config, chat.chat_id, 1)
+        await numbered_exchanges(ledger, config, chat.chat_id, 1)
         assert await _newest(ledger, config, chat.chat_id, count=6) == ["q2", "a2", "q3", "a3", "q0", "a0"]
 
     @pytest.mark.parametrize("exchanges", [3, 2], ids=["longer-than-now", "as-long-as-now"])
@@ -211,7 +57,7 @@ class TestContextCache:
         the transaction, and the reply's length and newest id are what show the cache is not the
         chat's (ledger/context.py)."""
         chat = await ledger.create_chat(config, 10**12)
-        await _history(ledger, config, chat.chat_id, exchanges)
+        await numbered_exchanges(ledger, config, chat.chat_id, exchanges)
         assert (
             await _newest(ledger, config, chat.chat_id)
             == ["q0", "a0", "q1", "a1", "q2", "a2"][: 2 * exchanges]
@@ -241,9 +87,9 @@ class TestCurrentCache:
         ledger = Ledger(real_redis, keyspace)
         config = await TenantStore(real_redis, keyspace).create_config(agent_name="A", company_name="C")
         chat = await ledger.create_chat(config, 10**12)
-        await _history(ledger, config, chat.chat_id, 3)
+        await numbered_exchanges(ledger, config, chat.chat_id, 3)
         await _newest(ledger, config, chat.chat_id)
-        await _history(ledger, config, chat.chat_id, 1)
+        await numbered_exchanges(ledger, config, chat.chat_id, 1)
         before = await real_redis.info("commandstats")
         held = await reserve(
             ledger, config, chat.chat_id, prompt_tokens=1, history_tokens_max=10_000, history_count_max=6
@@ -260,7 +106,7 @@ class TestCurrentCache:
         assert [m.content for m in held.context] == ["q1", "a1", "q2", "a2", "q0", "a0"]
         fresh = Ledger(real_redis, keyspace)
         await ledger.void(held)
-        expected = await _context(fresh, config, chat.chat_id)
+        expected = await voided_context(fresh, config, chat.chat_id)
         assert held.prompt_milli == expected.prompt_milli == (1 + 2 + 1 + 3 + 1 + 1 + 1) * 1000
 
     async def test_the_cache_prices_as_the_script_does(
@@ -269,10 +115,10 @@ class TestCurrentCache:
         """Under every token and count bound (the newest messages that fit, stopping at the first that
         does not), a worker pricing its cache and a worker with nothing cached agree."""
         chat = await ledger.create_chat(config, 10**12)
-        await _history(ledger, config, chat.chat_id, 6)
+        await numbered_exchanges(ledger, config, chat.chat_id, 6)
         for tokens_max in (0, 1, 2, 5, 9, 10, 30, 10_000):
             for count_max in (1, 2, 5, 12, 40):
-                await _history(ledger, config, chat.chat_id, 1)
+                await numbered_exchanges(ledger, config, chat.chat_id, 1)
                 fresh = Ledger(redis_client, ledger.keys)
                 seen = []
                 for worker in (ledger, fresh, ledger):
@@ -295,11 +141,11 @@ class TestCurrentCache:
         the script prices the chat, the worker reads the new pair, and the context includes it."""
         other = Ledger(redis_client, ledger.keys)
         chat = await ledger.create_chat(config, 10**12)
-        await _history(ledger, config, chat.chat_id, 2)
+        await numbered_exchanges(ledger, config, chat.chat_id, 2)
         assert await _newest(ledger, config, chat.chat_id, count=4) == ["q0", "a0", "q1", "a1"]
         held = await reserve(other, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
         await settle(other, held, charge_milli=1, user="other q", reply="other a", user_tokens=50)
-        held = await _context(ledger, config, chat.chat_id, count=4)
+        held = await voided_context(ledger, config, chat.chat_id, count=4)
         assert [m.content for m in held.context] == ["q1", "a1", "other q", "other a"]
         assert held.prompt_milli == (1 + 2 + 1 + 50 + 1) * 1000
 
@@ -318,7 +164,7 @@ class TestChatAlone:
         other = Ledger(real_redis, keyspace)
         config = await TenantStore(real_redis, keyspace).create_config(agent_name="A", company_name="C")
         chat = await ledger.create_chat(config, 10**12)
-        await _history(ledger, config, chat.chat_id, 2)
+        await numbered_exchanges(ledger, config, chat.chat_id, 2)
 
         async def sent(count: int = 4) -> tuple[dict[str, int], list[str]]:
             before = await real_redis.info("commandstats")
@@ -340,7 +186,7 @@ class TestChatAlone:
         # The first reserve reads the chat whole (nothing cached); this worker's settles keep it
         # current, and its reserves are the script alone.
         assert (await sent())[0] == in_transaction
-        await _history(ledger, config, chat.chat_id, 1)  # "q0", "a0" again: the newest now
+        await numbered_exchanges(ledger, config, chat.chat_id, 1)  # "q0", "a0" again: the newest now
         assert await sent() == (alone, ["q1", "a1", "q0", "a0"])
         # Another worker's pair: the script alone, then the read of what it lacked, one round trip more.
         held = await reserve(other, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)

@@ -1,0 +1,64 @@
+"""The background pass that erases soft-deleted chats past CHATLEDGER_DELETED_CHAT_RETENTION_S
+(design.md section 12), started with the app when the setting is above 0.
+
+Every worker runs the loop; a pass runs only in the worker that takes the turn (a key with a TTL), so
+several workers do not erase the same chats at once. A pass erases at most PASS_CHATS_MAX chats, each
+a short script of its own, and the next pass continues; a Redis failure is logged and the next pass
+tries again, so the pass never takes a worker down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+import ledger
+from service.appkeys import LEDGER, SETTINGS
+
+log = structlog.get_logger("chatledger")
+
+# Chats one pass erases at most: the rest waits for the next pass.
+PASS_CHATS_MAX = 1000
+
+
+async def retention_pass(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context: the loop runs while the app does, when retention is on."""
+    settings = app[SETTINGS]
+    if settings.deleted_chat_retention_s <= 0:
+        yield
+        return
+    task = asyncio.create_task(
+        _loop(app[LEDGER], settings.deleted_chat_retention_s, settings.retention_interval_s)
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _loop(book: ledger.Ledger, retention_s: float, interval_s: float) -> None:
+    holder = f"{os.getpid()}-{os.urandom(4).hex()}"
+    cursor = 0
+    while True:
+        # Jittered, so workers started together do not all ask for the turn at the same moment.
+        await asyncio.sleep(interval_s * random.uniform(0.5, 1.5))
+        try:
+            if not await book.retention_turn(holder, int(interval_s * 1000)):
+                continue
+            cutoff_ms = int((time.time() - retention_s) * 1000)
+            done = await book.erase_deleted_before(cutoff_ms, chats_max=PASS_CHATS_MAX, cursor=cursor)
+        except ledger.LedgerUnavailable as exc:
+            log.warning("retention_pass_failed", error=str(exc))
+            continue
+        cursor = done.cursor
+        if done.erased:
+            log.info("retention_pass", erased=done.erased)
