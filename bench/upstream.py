@@ -31,7 +31,7 @@ import msgspec
 
 import ledger
 from bench import load
-from bench.processes import BenchError, Child, Children, service_env, start_service, wait_log, wait_ready
+from bench.processes import BenchError, Child, Children, service_env, wait_log, wait_ready
 from bench.table import Row, render
 from tests.redis_servers import RedisServer, free_ports
 
@@ -81,6 +81,19 @@ def start_fake_model(children: Children, port: int) -> Child:
     return child
 
 
+# These rows measure one config's throughput, not its share of a worker's model calls (bench/fairness.py
+# does): the load's connections, ending and starting slice by slice, must not meet the per-config limit.
+UNLIMITED = {"CHATLEDGER_MODEL_CALLS_PER_CONFIG": "100000", "CHATLEDGER_MAX_IN_FLIGHT": "100000"}
+
+
+def start_offline_service(children: Children, redis_url: str, port: int) -> Child:
+    """`chatledger serve`, one worker, with the offline model."""
+    command = [sys.executable, "-m", "service", "serve", "--host", HOST, "--port", str(port)]
+    child = children.start("chatledger-offline", command, service_env(redis_url, **UNLIMITED))
+    wait_ready(f"http://{HOST}:{port}/healthz", [child])
+    return child
+
+
 def start_openai_service(children: Children, redis_url: str, port: int, model_port: int) -> Child:
     """`chatledger serve`, one worker, with the `openai` provider on the fake model server."""
     command = [sys.executable, "-m", "service", "serve", "--host", HOST, "--port", str(port)]
@@ -90,6 +103,7 @@ def start_openai_service(children: Children, redis_url: str, port: int, model_po
         CHATLEDGER_OPENAI_BASE_URL=f"http://{HOST}:{model_port}/v1",
         CHATLEDGER_OPENAI_MODEL="bench-model",
         CHATLEDGER_OPENAI_API_KEY="sk-bench",
+        **UNLIMITED,
     )
     child = children.start("chatledger-openai", command, env)
     wait_ready(f"http://{HOST}:{port}/healthz", [child])
@@ -122,7 +136,7 @@ async def rows(
     model_port, offline_port, openai_port, proxy_port = free_ports(4)
     started = [start_fake_model(children, model_port)]
     try:
-        started.append(start_service(children, redis_url, offline_port, 1))
+        started.append(start_offline_service(children, redis_url, offline_port))
         started.append(start_openai_service(children, redis_url, openai_port, model_port))
         started.append(start_proxy(children, redis_url, proxy_port, model_port))
         model, offline, openai, proxy = (child.popen.pid for child in started)
