@@ -5,8 +5,9 @@ A fast fake OpenAI-compatible server (bench/fake_model.py) stands in for the mod
 EVALSHA and one pooled aiohttp call per message, the model's answer relayed as it is). One worker of
 `chatledger serve` with the offline model is measured in the same rounds. Each is loaded like the other
 HTTP rows (wrk, 64 connections, chats whose history is full, so every message sends a 20-message
-context), non-streamed and streamed, alternating round by round, and each side's median round shown,
-with the worker's CPU time per message (user + system, from /proc).
+context), non-streamed and streamed, alternating round by round and, within a round, slice by slice (each
+target's 10 s as five 2 s slices taken in turn), each side's median round shown, with the worker's CPU
+time per message (user + system, from /proc).
 
 Targets, as same-run ratios: the `openai` path at least 0.5 of the bare proxy (non-streamed and
 streamed), at least 0.8 of the offline model's messages/s, and streamed at least 0.7 of non-streamed.
@@ -30,12 +31,14 @@ import msgspec
 
 import ledger
 from bench import load
-from bench.processes import BenchError, Child, Children, service_env, start_service, wait_log, wait_ready
+from bench.processes import BenchError, Child, Children, service_env, wait_log, wait_ready
 from bench.table import Row, render
 from tests.redis_servers import RedisServer, free_ports
 
 HOST = "127.0.0.1"
 CHATS = 64
+# A measured run is cut in this many slices, each target's taken in turn (whole seconds: wrk's unit).
+SLICES = 5
 # Messages each chat gets before the first measured run, so every message sends a full context.
 FILL_MESSAGES = 24
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
@@ -43,12 +46,18 @@ _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 class Measured(msgspec.Struct, frozen=True, kw_only=True):
     load: load.LoadResult
-    # The CPU seconds (user + system) of the server's process over the measured run.
+    # The CPU seconds (user + system) of the server's process over the measured run, and of the fake
+    # model server's (it shares the machine's cores with the server it answers).
     cpu_s: float
+    model_cpu_s: float = 0.0
 
     @property
     def cpu_us_per_message(self) -> float:
         return 1e6 * self.cpu_s / self.load.requests if self.load.requests else 0.0
+
+    @property
+    def model_cpu_us_per_message(self) -> float:
+        return 1e6 * self.model_cpu_s / self.load.requests if self.load.requests else 0.0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -72,6 +81,19 @@ def start_fake_model(children: Children, port: int) -> Child:
     return child
 
 
+# These rows measure one config's throughput, not its share of a worker's model calls (bench/fairness.py
+# does): the load's connections, ending and starting slice by slice, must not meet the per-config limit.
+UNLIMITED = {"CHATLEDGER_MODEL_CALLS_PER_CONFIG": "100000", "CHATLEDGER_MAX_IN_FLIGHT": "100000"}
+
+
+def start_offline_service(children: Children, redis_url: str, port: int) -> Child:
+    """`chatledger serve`, one worker, with the offline model."""
+    command = [sys.executable, "-m", "service", "serve", "--host", HOST, "--port", str(port)]
+    child = children.start("chatledger-offline", command, service_env(redis_url, **UNLIMITED))
+    wait_ready(f"http://{HOST}:{port}/healthz", [child])
+    return child
+
+
 def start_openai_service(children: Children, redis_url: str, port: int, model_port: int) -> Child:
     """`chatledger serve`, one worker, with the `openai` provider on the fake model server."""
     command = [sys.executable, "-m", "service", "serve", "--host", HOST, "--port", str(port)]
@@ -81,6 +103,7 @@ def start_openai_service(children: Children, redis_url: str, port: int, model_po
         CHATLEDGER_OPENAI_BASE_URL=f"http://{HOST}:{model_port}/v1",
         CHATLEDGER_OPENAI_MODEL="bench-model",
         CHATLEDGER_OPENAI_API_KEY="sk-bench",
+        **UNLIMITED,
     )
     child = children.start("chatledger-openai", command, env)
     wait_ready(f"http://{HOST}:{port}/healthz", [child])
@@ -113,10 +136,10 @@ async def rows(
     model_port, offline_port, openai_port, proxy_port = free_ports(4)
     started = [start_fake_model(children, model_port)]
     try:
-        started.append(start_service(children, redis_url, offline_port, 1))
+        started.append(start_offline_service(children, redis_url, offline_port))
         started.append(start_openai_service(children, redis_url, openai_port, model_port))
         started.append(start_proxy(children, redis_url, proxy_port, model_port))
-        offline, openai, proxy = (child.popen.pid for child in started[1:])
+        model, offline, openai, proxy = (child.popen.pid for child in started)
         targets = {
             "offline": (offline_port, offline, False),
             "openai": (openai_port, openai, False),
@@ -129,15 +152,42 @@ async def rows(
         await fill(openai_port, api_key, chat_ids)
         runs: dict[str, list[Measured]] = {name: [] for name in targets}
         for _round in range(rounds):
-            for name, (port, pid, stream) in targets.items():
+            for port, _pid, stream in targets.values():
                 if warmup_seconds > 0:
                     await generate(port, stream, warmup_seconds)
-                before = cpu_seconds(pid)
-                result = await generate(port, stream, seconds)
-                runs[name].append(Measured(load=result, cpu_s=cpu_seconds(pid) - before))
+            # Each target's run in slices, taken in turn: the machine's drift then weighs on all alike.
+            slices = max(1, min(SLICES, int(seconds)))
+            measured: dict[str, list[Measured]] = {name: [] for name in targets}
+            for _slice in range(slices):
+                for name, (port, pid, stream) in targets.items():
+                    before, model_before = cpu_seconds(pid), cpu_seconds(model)
+                    result = await generate(port, stream, seconds / slices)
+                    cpu_s, model_cpu_s = cpu_seconds(pid) - before, cpu_seconds(model) - model_before
+                    measured[name].append(Measured(load=result, cpu_s=cpu_s, model_cpu_s=model_cpu_s))
+            for name, parts in measured.items():
+                runs[name].append(_joined(parts))
     finally:
         children.stop(started)
     return _rows({name: sorted(r, key=lambda m: m.load.rate)[len(r) // 2] for name, r in runs.items()})
+
+
+def _joined(parts: Sequence[Measured]) -> Measured:
+    """Slices of one run as one: counts and times added; p50 the slices' median, p99 their highest."""
+    results = [part.load for part in parts]
+    p50s = sorted(result.p50_ms for result in results)
+    joined = msgspec.structs.replace(
+        results[0],
+        requests=sum(result.requests for result in results),
+        seconds=sum(result.seconds for result in results),
+        p50_ms=p50s[len(p50s) // 2],
+        p99_ms=max(result.p99_ms for result in results),
+        errors=sum(result.errors for result in results),
+    )
+    return Measured(
+        load=joined,
+        cpu_s=sum(part.cpu_s for part in parts),
+        model_cpu_s=sum(part.model_cpu_s for part in parts),
+    )
 
 
 async def check(port: int, api_key: str, chat_id: str, *, stream: bool, what: str) -> None:
@@ -171,9 +221,12 @@ async def fill(port: int, api_key: str, chat_ids: Sequence[str]) -> None:
 def _figure(measured: Measured) -> str:
     result = measured.load
     errors = f", {result.errors} errors" if result.errors else ""
+    # The offline model makes no call: the fake's CPU then is its idle ticks, not worth a figure.
+    model = measured.model_cpu_us_per_message
+    model_cpu = f" (model server {model:.0f})" if model >= 1 else ""
     return (
         f"{result.rate:,.0f} msg/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
-        f"worker CPU {measured.cpu_us_per_message:.0f} µs/msg{errors}"
+        f"worker CPU {measured.cpu_us_per_message:.0f} µs/msg{model_cpu}{errors}"
     )
 
 

@@ -205,7 +205,7 @@ class Response:
 
 
 class HttpPool:
-    """Connections to the server of `url`, at most `limit` at once; POSTs to its path."""
+    """Connections to the server of `url` (http or https), at most `limit` at once; POSTs to its path."""
 
     def __init__(
         self,
@@ -216,12 +216,14 @@ class HttpPool:
         read_timeout_s: float,
         limit: int = 100,
         wait_s: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
         self._host = parts.hostname or ""
         secure = parts.scheme == "https"
         self._port = parts.port or (443 if secure else 80)
-        self._ssl = ssl.create_default_context() if secure else None
+        # The system's trusted CAs and hostname checks, as aiohttp's client had them.
+        self._ssl = (ssl_context or ssl.create_default_context()) if secure else None
         host = self._host if parts.port is None else f"{self._host}:{parts.port}"
         lines = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]

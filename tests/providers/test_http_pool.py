@@ -8,7 +8,11 @@ read the same; the pool's limit makes the next caller wait, never past its deadl
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -173,3 +177,41 @@ async def test_any_answer_left_unread_leaves_the_pool_working(server: Server) ->
             assert await _post(pool) == ANSWER
     finally:
         await pool.close()
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost, and its key (made by the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_https_is_verified_and_works(aiohttp_server: Any, certificate: tuple[Path, Path]) -> None:
+    """A model server behind TLS (api.openai.com is): answers read the same, and a certificate the
+    client does not trust is refused."""
+    cert, key = certificate
+    served_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served_ctx.load_cert_chain(cert, key)
+    fake = Server()
+    served: TestServer = await aiohttp_server(fake.app, ssl=served_ctx)
+    url = f"https://localhost:{served.port}/length"
+    trusting = ssl.create_default_context(cafile=cert)
+    pool = HttpPool(url, {}, connect_timeout_s=5, read_timeout_s=5, ssl_context=trusting)
+    try:
+        assert [await _post(pool) for _ in range(2)] == [ANSWER] * 2
+        assert len(set(fake.ports)) == 1
+    finally:
+        await pool.close()
+    untrusting = HttpPool(url, {}, connect_timeout_s=5, read_timeout_s=5)
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await untrusting.post(BODY, accept="application/json", deadline=_deadline())
+    finally:
+        await untrusting.close()
