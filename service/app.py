@@ -25,7 +25,11 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[ADMISSION] = Admission(settings.max_in_flight, settings.api_prefix)
-    app[MODEL_CALLS] = ModelCalls(settings.model_calls_per_config, app[METRICS].model_calls_refused)
+    app[MODEL_CALLS] = ModelCalls(
+        settings.model_calls_per_config,
+        app[METRICS].model_calls_refused,
+        shared=settings.provider != "offline",
+    )
     if redis is not None:
         app[REDIS] = redis
     if provider is not None:

@@ -6,8 +6,10 @@ single message waits behind them for its turn. With it, a config past its share 
 `model_calls_exceeded` with `Retry-After`, before anything is reserved, and the other configs find the
 pool as free as their own traffic leaves it.
 
-The share counts exchanges from before their reserve to the end of their reply (a stream holds its
-call until its last event), per worker: N workers give a config N times the share. One counter per
+The share bounds calls to a model server (the `openai` provider). The offline model runs in the
+worker itself, on its CPU, which the in-flight cap bounds already (service/admission.py): it has no
+share. The share counts exchanges from before their reserve to the end of their reply (a stream holds
+its call until its last event), per worker: N workers give a config N times the share. One counter per
 config on one event loop: plain ints need no lock. A config's entry is removed when its last call
 ends, so the table holds only the configs calling now.
 """
@@ -40,11 +42,13 @@ class TooManyModelCalls(ApiError):
 class ModelCalls:
     """The model calls each config has running on this worker, against its share."""
 
-    __slots__ = ("default_max", "refused", "running")
+    __slots__ = ("default_max", "refused", "running", "shared")
 
-    def __init__(self, default_max: int, refused: Counter) -> None:
+    def __init__(self, default_max: int, refused: Counter, *, shared: bool = True) -> None:
         # The share of a config that does not set `model_calls_max`.
         self.default_max = default_max
+        # Whether the model is a server the configs share; an in-worker model has no shares.
+        self.shared = shared
         self.running: dict[str, int] = {}
         self.refused = refused
 
@@ -54,6 +58,9 @@ class ModelCalls:
     @contextmanager
     def call(self, config: ledger.ConfigRecord) -> Iterator[None]:
         """Hold one of the config's calls for the block, or raise TooManyModelCalls at once."""
+        if not self.shared:
+            yield
+            return
         config_id, limit = config.config_id, self.limit_of(config)
         running = self.running.get(config_id, 0)
         if running >= limit:

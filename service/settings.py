@@ -148,9 +148,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             le=100_000,
         ),
     ] = 100
-    # Model calls one config may have running at once on a worker, unless its config sets
-    # `model_calls_max`; past it, an immediate 429 `model_calls_exceeded` (service/model_calls.py). Below
-    # max_in_flight, so that a config that holds its whole share leaves the worker to the others.
+    # Calls to a model server (not the offline model) one config may have running at once on a worker,
+    # unless its config sets `model_calls_max`; past it, an immediate 429 `model_calls_exceeded`
+    # (service/model_calls.py). Below max_in_flight, so that a config that holds its whole share leaves
+    # the worker to the others.
     model_calls_per_config: Annotated[
         int,
         _meta("model calls one config may have running at once per worker; more get 429", ge=1, le=100_000),

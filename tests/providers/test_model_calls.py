@@ -15,8 +15,10 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 
 import ledger
+from service.app import create_app
 from service.errors import ApiError
 from service.model_calls import ModelCalls
+from service.settings import Settings
 from tests.http.conftest import Api, new_tenant
 from tests.http.served import until
 from tests.providers.fake_openai import Behavior, FakeOpenAI
@@ -143,3 +145,23 @@ class TestThePool:
 
         upstream.fake.release.set()
         assert [(await call)[0] for call in calls] == [200, 200]
+
+
+class TestAnInWorkerModel:
+    def test_the_offline_model_has_no_shares(self) -> None:
+        """The offline model runs on the worker's CPU, which the in-flight cap bounds: no share."""
+        calls = ModelCalls(1, Counter("refused_offline", "refused", registry=None), shared=False)
+        config = ledger.ConfigRecord(config_id="c", agent_name="A", company_name="C", model_calls_max=1)
+        with calls.call(config), calls.call(config):
+            assert calls.running == {}
+
+    async def test_an_offline_worker_answers_past_the_share(
+        self, aiohttp_client: Any, redis_client: Redis
+    ) -> None:
+        """Two messages of a config whose share is 1, at once, on the offline model: both answered."""
+        settings = Settings(redis_url="redis://unused", key_prefix="cltest", model_calls_per_config=1)
+        _config, key = await new_tenant(ledger.TenantStore(redis_client, KEYS))
+        api = Api(await aiohttp_client(create_app(settings, redis=redis_client)), key)
+        chats = [await _new_chat(api) for _ in range(2)]
+        answers = await asyncio.gather(*(api.send(chat_id) for chat_id in chats))
+        assert [status for status, _body in answers] == [200, 200]
