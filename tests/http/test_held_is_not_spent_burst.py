@@ -94,8 +94,11 @@ async def test_a_burst_on_a_chat_worth_twenty_exchanges(burst_api: tuple[Api, Le
             assert body["code"] == "tokens_held", body
             assert body["token_limit"] - body["token_used"] >= body["tokens_needed"], body
     assert statuses[200] >= EXCHANGES - 2, statuses
-    # Not one after the other: the holds are shares, so most exchanges ran in the burst itself.
-    assert sum(1 for status, _, attempt in outcomes if status == 200 and attempt == 0) >= EXCHANGES // 2
+    # Not one after the other: the holds are shares, so several exchanges ran in the burst itself. Holds of
+    # everything free (CHATLEDGER_HOLD_SHARES=1) let 4 through on the first try; shares let 9 to 17 through
+    # here, fewer on a loaded machine, where the burst's senders arrive more spread out.
+    first_try = sum(1 for status, _, attempt in outcomes if status == 200 and attempt == 0)
+    assert first_try >= 6, first_try
 
     # 0 overspend, every hold resolved, and the journal agrees with the counters.
     result = await book.reconcile(chat_id)
