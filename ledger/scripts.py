@@ -22,7 +22,10 @@ from ledger.limits import (
     CONTEXT_TOKENS_SLACK,
     ERASE_RECORDS_MAX,
     HISTORY_SKIP_CHUNK,
+    JOURNAL_FOLD_BATCH,
+    JOURNAL_KEPT,
     REAP_BATCH_MAX,
+    RESOLVED_BYTES,
 )
 from ledger.multiplex import Command
 
@@ -65,6 +68,8 @@ def script_source(name: str) -> str:
         f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
         f"local CONTEXT_TOKENS_SLACK = {CONTEXT_TOKENS_SLACK}\n"
         f"local ERASE_RECORDS_MAX = {ERASE_RECORDS_MAX}\n"
+        f"local JOURNAL_KEPT = {JOURNAL_KEPT}\nlocal JOURNAL_FOLD_BATCH = {JOURNAL_FOLD_BATCH}\n"
+        f"local RESOLVED_BYTES = {RESOLVED_BYTES}\n"
     ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)
 
