@@ -117,20 +117,23 @@ local function owned_chat(meta_key, config_id)
 end
 
 -- The journal's oldest entries are folded into a checkpoint once it holds JOURNAL_KEPT +
--- JOURNAL_FOLD_BATCH of them: the oldest JOURNAL_FOLD_BATCH are added up into the meta hash's checkpoint
--- fields and trimmed, in the script that wrote the entry, so at every moment the checkpoint plus the
+-- JOURNAL_FOLD_BATCH of them: all but the newest JOURNAL_KEPT are added up into the meta hash's
+-- checkpoint fields, in the script that wrote the entry, so at every moment the checkpoint plus the
 -- entries left add up to the counters exactly (design.md section 12). Fields: jn entries folded, jdu
 -- jdr jdl jsf the sums of their deltas and clamped amounts, jex how many were expiries, jto the id of
--- the newest folded entry (Ledger.read_journal shows them as one `checkpoint` entry).
+-- the newest folded entry (Ledger.read_journal shows them as one `checkpoint` entry). The stream is
+-- rebuilt from the entries kept, under their own ids: trimming would leave the folded entries' bytes
+-- in a half-emptied node, as large as the entries kept.
 local function fold_journal(journal_key)
   if redis.call('XLEN', journal_key) < JOURNAL_KEPT + JOURNAL_FOLD_BATCH then
     return
   end
-  local oldest = redis.call('XRANGE', journal_key, '-', '+', 'COUNT', JOURNAL_FOLD_BATCH)
+  local entries = redis.call('XRANGE', journal_key, '-', '+')
+  local folded = #entries - JOURNAL_KEPT
   local du, dr, dl, sf, ex = 0, 0, 0, 0, 0
-  for _, entry in ipairs(oldest) do
+  for i = 1, folded do
     -- Written by `journal` below, always in this order: op, rid, du, dr, dl, sf.
-    local f = entry[2]
+    local f = entries[i][2]
     du, dr, dl, sf = du + f[6], dr + f[8], dl + f[10], sf + f[12]
     if f[2] == 'expire' then
       ex = ex + 1
@@ -138,13 +141,14 @@ local function fold_journal(journal_key)
   end
   local meta_key = string.sub(journal_key, 1, -8) .. 'meta'
   local c = redis.call('HMGET', meta_key, 'jn', 'jdu', 'jdr', 'jdl', 'jsf', 'jex')
-  local last = oldest[#oldest][1]
-  redis.call('HSET', meta_key, 'jn', int((tonumber(c[1]) or 0) + #oldest),
+  redis.call('HSET', meta_key, 'jn', int((tonumber(c[1]) or 0) + folded),
     'jdu', int((tonumber(c[2]) or 0) + du), 'jdr', int((tonumber(c[3]) or 0) + dr),
     'jdl', int((tonumber(c[4]) or 0) + dl), 'jsf', int((tonumber(c[5]) or 0) + sf),
-    'jex', int((tonumber(c[6]) or 0) + ex), 'jto', last)
-  local ms, seq = string.match(last, '^(%d+)-(%d+)$')
-  redis.call('XTRIM', journal_key, 'MINID', ms .. '-' .. int(seq + 1))
+    'jex', int((tonumber(c[6]) or 0) + ex), 'jto', entries[folded][1])
+  redis.call('DEL', journal_key)
+  for i = folded + 1, #entries do
+    redis.call('XADD', journal_key, entries[i][1], unpack(entries[i][2]))
+  end
 end
 
 -- One journal entry per balance move, written by the script that makes the move, so the journal can
@@ -197,7 +201,7 @@ end
 
 -- Settled and voided holds are forgotten at once: their two records go, and the id joins a short list
 -- of the chat's latest resolutions, field RESOLVED of the reservations hash (';<id>=<state>' each, newest
--- last, the newest RESOLVED_BYTES of them at least: some 60 holds), which is all a replayed settle or
+-- last, the newest RESOLVED_BYTES of them at least: 14 holds), which is all a replayed settle or
 -- void needs to be recognised and change nothing. Expired holds keep their records for the retention (a hung worker's settle may come late).
 local RESOLVED = '~'
 
