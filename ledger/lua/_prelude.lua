@@ -235,6 +235,9 @@ end
 local function resolve(deadlines_key, reservations_key, id, state, now, retention_ms)
   redis.call('HDEL', reservations_key, id)
   redis.call('ZREM', deadlines_key, id)
+  -- The deadlines set never empties (Redis would delete it): a member that is never due keeps it, as
+  -- every key of a script must exist on a node importing the chat's slot while it migrates.
+  redis.call('ZADD', deadlines_key, 'NX', NEVER, RESOLVED)
   local list = (redis.call('HGET', reservations_key, RESOLVED) or '') .. ';' .. id .. '=' .. state
   if #list > 2 * RESOLVED_BYTES then
     list = string.sub(list, (string.find(list, ';', #list - RESOLVED_BYTES, true)))
