@@ -24,8 +24,11 @@ $(BIN)/chatledger: pyproject.toml
 	touch $@
 
 # The development tools on top: pytest, mypy, ruff, schemathesis, Playwright, the client generator.
+# The tests start many `chatledger serve` processes: with the bytecode compiled once here, none of them
+# compiles its imports again (where PYTHONDONTWRITEBYTECODE is set, each one otherwise would).
 $(VENV)/.dev: $(BIN)/chatledger
 	$(PIP) -e '.[dev,fast]'
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null
 	touch $@
 
 # Install and start the service on its embedded default (in-process Redis, offline model).

@@ -107,7 +107,8 @@ def service_env(redis_url: str, **settings: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("CHATLEDGER_") and k not in ("REDIS_URL", "REDIS_CLUSTER_URL")
+        if not k.startswith("CHATLEDGER_")
+        and k not in ("REDIS_URL", "REDIS_CLUSTER_URL", "REDIS_SENTINEL_URL")
     }
     env.update(REDIS_URL=redis_url, CHATLEDGER_LOG_FORMAT="json", **settings)
     return env

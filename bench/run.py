@@ -7,8 +7,11 @@ in time and in count, and every process is stopped when the run ends, whatever e
 
 Steps: messages/s against the bare handlers (same worker count, same load, same Redis), the round
 trips of a message (MONITOR), Redis memory per stored message, history pages of a 1,000,000-message chat
-against a 100-message one, the `openai` provider on a fake model server against a bare proxy
-(bench/upstream.py), and the ledger alone against redis-benchmark.
+against a 100-message one (and a deep page against the first), the slowest Redis call while the API was
+loaded (SLOWLOG), overload (bench/overload.py), the `openai` provider on a fake model server against a
+bare proxy (bench/upstream.py), one config's messages beside another's slow streams (bench/fairness.py),
+`CHATLEDGER_DURABILITY=replica` against `none` (bench/durability_bench.py), and the ledger alone
+against redis-benchmark.
 """
 
 from __future__ import annotations
@@ -31,10 +34,20 @@ import aiohttp
 import msgspec
 
 import ledger
-from bench import fairness, history_bench, ledger_bench, load, overload, redis_stats, upstream
+from bench import (
+    durability_bench,
+    fairness,
+    history_bench,
+    ledger_bench,
+    load,
+    overload,
+    redis_stats,
+    upstream,
+)
 from bench.baseline import TRIVIAL_SCRIPT
 from bench.processes import BenchError, Children, start_baseline, start_service
 from bench.table import Row, render
+from ledger.scripts import SCRIPT_NAMES, script_source
 from service.workers import loop_factory
 from tests.redis_servers import RedisServer, free_ports
 
@@ -50,7 +63,6 @@ class Options(msgspec.Struct, frozen=True, kw_only=True):
     big_history: int = 1_000_000
     small_history: int = 100
     page_samples: int = 200
-    deep_page_samples: int = 5
     monitor_messages: int = 100
     ledger_seconds: float = 10.0
     ledger_concurrency: int = 64
@@ -70,7 +82,6 @@ SMOKE = Options(
     big_history=2_000,
     small_history=100,
     page_samples=3,
-    deep_page_samples=1,
     monitor_messages=3,
     ledger_seconds=0.5,
     ledger_concurrency=4,
@@ -101,6 +112,7 @@ class Bench:
         self.workdir = workdir
         self.rows: list[Row] = []
         self.http = Http()
+        self.slowlog: history_bench.SlowLog | None = None
 
     async def run(self) -> list[Row]:
         with RedisServer() as redis_server, Children(self.workdir) as children:
@@ -121,6 +133,10 @@ class Bench:
             (await book.create_chat(config, ledger.to_milli(1e12, positive=True))).chat_id
             for _ in range(self.options.chats)
         ]
+        # Every phase that loads the API logs Redis's slow calls; the bench's own setup runs outside.
+        shas = {hashlib.sha1(script_source(name).encode()).hexdigest(): name for name in SCRIPT_NAMES}
+        shas[hashlib.sha1(TRIVIAL_SCRIPT.encode()).hexdigest()] = "trivial"
+        slowlog = self.slowlog = history_bench.SlowLog(client, shas)
         for workers in (1, 2):
             port, bare_py_port, bare_pipe_port = free_ports(3)
             started = [start_service(children, server.url, port, workers)]
@@ -128,10 +144,12 @@ class Bench:
             started += start_baseline(children, server.url, bare_pipe_port, workers, "pipelined")
             memory_before = await redis_stats.stored_memory(client)
             targets = {"chatledger": port, "redis-py": bare_py_port, "pipelined": bare_pipe_port}
+            await slowlog.start()
             for _round in range(self.options.rounds):
                 for name, target_port in targets.items():
                     result = await self._load(client, target_port, api_key, chats)
                     self.http.add(f"{name}/{workers}", result)
+            await slowlog.take()
             if workers == 1:
                 await self._round_trips(server, port, tenants, config, chats[0])
                 await self._api_memory(client, chats, memory_before)
@@ -139,10 +157,13 @@ class Bench:
             children.stop(started)
         self._http_rows()
         o = self.options
+        await slowlog.start()
         self.rows += await overload.rows(
             children, client, server.url, api_key, chats,
             seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
         )  # fmt: skip
+        await slowlog.take()
+        self.rows.append(_slowlog_row(slowlog))
         generate = upstream.generator(
             o.generator, api_key, chats, self.workdir, o.connections, o.requests_max
         )
@@ -151,6 +172,11 @@ class Bench:
             seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
         )  # fmt: skip
         self.rows += await fairness.rows(children, client, server.url, samples=o.fairness_samples)
+        # The cost of CHATLEDGER_DURABILITY=replica, on a primary and replica of its own.
+        self.rows += await durability_bench.rows(
+            children, self._generate, seconds=o.seconds, warmup_seconds=o.warmup_seconds, rounds=o.rounds,
+            chats=o.chats,
+        )  # fmt: skip
         self.rows.sort(key=lambda row: row.order)
         await self._ledger(server)
 
@@ -280,7 +306,7 @@ class Bench:
         big_middle = await history_bench.fill_history(client, KEYS.chat_messages(big), o.big_history)
         after = await redis_stats.used_memory(client)
         small_middle = await history_bench.fill_history(client, KEYS.chat_messages(small), o.small_history)
-        _messages, size = await redis_stats.content_bytes(client, [KEYS.chat_messages(big)])
+        size = history_bench.filled_content_bytes(o.big_history)
         what = f"Redis memory per message, history stream alone ({o.big_history:,}-message chat)"
         self.rows.append(_memory_row(33, what, after - before, o.big_history, size))
         base = f"http://127.0.0.1:{port}/chats"
@@ -296,17 +322,18 @@ class Bench:
                 "offset page in the middle (`offset=`)",
                 f"?offset={o.big_history // 2}",
                 f"?offset={o.small_history // 2}",
-                "none: O(offset) by design (design.md 11)",
+                "≤ 2",
             ),
         ]
+        assert self.slowlog is not None
+        await self.slowlog.start()
         async with aiohttp.ClientSession(headers={"X-API-Key": api_key}) as session:
             for n, (what, big_query, small_query, target) in enumerate(pages):
-                samples = o.deep_page_samples if "offset" in what else o.page_samples
                 big_times = await history_bench.time_page(
-                    session, f"{base}/{big}/messages/{big_query}", samples
+                    session, f"{base}/{big}/messages/{big_query}", o.page_samples
                 )
                 small_times = await history_bench.time_page(
-                    session, f"{base}/{small}/messages/{small_query}", samples
+                    session, f"{base}/{small}/messages/{small_query}", o.page_samples
                 )
                 self.rows.append(
                     Row(
@@ -318,6 +345,8 @@ class Bench:
                         target=target,
                     )
                 )
+            self.rows.append(await _deep_page_row(session, f"{base}/{big}/messages/", o))
+        await self.slowlog.take()
 
     async def _ledger(self, server: RedisServer) -> None:
         """The ledger's pairs against redis-benchmark, alternating round by round like the HTTP runs,
@@ -376,6 +405,50 @@ def _http_figure(result: load.LoadResult) -> str:
     return (
         f"{result.rate:,.0f} req/s, p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
         f"Redis CPU {redis_us:.0f} µs/req{errors}"
+    )
+
+
+async def _deep_page_row(session: aiohttp.ClientSession, url: str, o: Options) -> Row:
+    """A page of 50 at the middle offset of the big chat against its first page of 50: an offset is an
+    id range, so depth should not show."""
+    middle = o.big_history // 2
+    deep = await history_bench.time_page(session, f"{url}?limit=50&offset={middle}", o.page_samples)
+    first = await history_bench.time_page(session, f"{url}?limit=50", o.page_samples)
+    return Row(
+        order=23,
+        figure=f"History page of 50 at offset {middle:,}, {o.big_history:,}-message chat",
+        ours=_page_figure(deep),
+        baseline=f"its first page of 50: {_page_figure(first)}",
+        ratio=deep.p50_ms / first.p50_ms if first.p50_ms else 0.0,
+        target="≤ 2",
+    )
+
+
+def _slowlog_row(slowlog: history_bench.SlowLog) -> Row:
+    """The slowest Redis call of the API's requests while it was under the bench's load (SLOWLOG),
+    against 5 ms; beside it the bare handlers' `return 1` in the same windows, whose slowest call is
+    this machine's scheduling noise (SLOWLOG times wall clock: a preempted Redis shows in it)."""
+    limit_us, floor_us = 5_000, history_bench.SLOWLOG_THRESHOLD_US
+    ours = slowlog.slowest(excluding="trivial")
+    trivial = max(
+        (c for c in slowlog.calls if c.command == "trivial"), key=lambda c: c.duration_us, default=None
+    )
+
+    def figure(call: history_bench.SlowCall | None, over: int) -> str:
+        if call is None:
+            return f"none over {floor_us / 1000:.2f} ms"
+        return f"max {call.duration_us / 1000:.2f} ms ({call.command}), {over} calls over 5 ms"
+
+    return Row(
+        order=24,
+        figure="Slowest Redis call of the API's requests during the bench (SLOWLOG: loads, pages, overload)",
+        ours=figure(ours, slowlog.over(limit_us, excluding="trivial"))
+        + "; of history pages: "
+        + figure(slowlog.slowest(only="history"), slowlog.over(limit_us, only="history")),
+        baseline="the target, 5 ms; the bare handlers' `return 1` in the same windows: "
+        + figure(trivial, slowlog.over(limit_us, only="trivial")),
+        ratio=(ours.duration_us if ours else floor_us) / limit_us,
+        target="≤ 1",
     )
 
 

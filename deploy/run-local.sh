@@ -6,8 +6,9 @@
 #
 # Each worker is its own `chatledger serve` process on 127.0.0.1 (ports PORT+1..PORT+N unless
 # --worker-ports names them); HAProxy listens on 127.0.0.1:PORT with deploy/haproxy.cfg's settings and
-# balances over them. The workers share state only through Redis, so REDIS_URL or REDIS_CLUSTER_URL must
-# be set; every CHATLEDGER_* variable is passed to them (CHATLEDGER_WORKERS=M gives each M processes).
+# balances over them. The workers share state only through Redis, so REDIS_URL, REDIS_CLUSTER_URL or
+# REDIS_SENTINEL_URL must be set; every CHATLEDGER_* variable is passed to them (CHATLEDGER_WORKERS=M
+# gives each M processes).
 #
 # Needs haproxy (`apt-get install haproxy`) and chatledger: $CHATLEDGER if set (a command, may have
 # arguments, e.g. "python -m service"), else this checkout's .venv/bin/chatledger, else `chatledger`.
@@ -39,8 +40,8 @@ while (($#)); do
 done
 
 fail() { echo "run-local.sh: $*" >&2; exit 2; }
-[[ -n "${REDIS_URL:-}${REDIS_CLUSTER_URL:-}" ]] \
-  || fail "set REDIS_URL or REDIS_CLUSTER_URL: the workers share every chat through Redis"
+[[ -n "${REDIS_URL:-}${REDIS_CLUSTER_URL:-}${REDIS_SENTINEL_URL:-}" ]] \
+  || fail "set REDIS_URL, REDIS_CLUSTER_URL or REDIS_SENTINEL_URL: the workers share every chat through Redis"
 command -v haproxy >/dev/null || fail "haproxy not found (apt-get install haproxy)"
 if [[ -n "${CHATLEDGER:-}" ]]; then
   read -ra chatledger <<<"$CHATLEDGER"

@@ -6,7 +6,15 @@
 from __future__ import annotations
 
 from ledger.amounts import from_milli, to_milli, weight_milli
-from ledger.connection import RedisClient, connect, connect_cluster, embedded_redis
+from ledger.connection import (
+    RedisClient,
+    SentinelTarget,
+    connect,
+    connect_cluster,
+    connect_sentinel,
+    embedded_redis,
+)
+from ledger.durable import Durability
 from ledger.errors import (
     ChatDeleted,
     ChatNotDeleted,
@@ -20,12 +28,15 @@ from ledger.errors import (
     LedgerError,
     LedgerUnavailable,
     LimitTooLarge,
+    NotReplicated,
     ReservationAlreadySettled,
     ReservationAlreadyVoided,
     ReservationError,
     ReservationExpired,
     ReservationNotFound,
+    TokensHeld,
 )
+from ledger.export import CURSOR_PATTERN as EXPORT_CURSOR_PATTERN
 from ledger.export import ExportCursor, ExportedChat, ExportedMessage, ExportPage
 from ledger.history import HistoryQuery, parse_message_id
 from ledger.idempotency import IdempotencyKey
@@ -50,6 +61,7 @@ from ledger.tenants import TenantStore
 
 __all__ = [
     "AMOUNT_TOKENS_MAX",
+    "EXPORT_CURSOR_PATTERN",
     "Branding",
     "ChatDeleted",
     "ChatNotDeleted",
@@ -59,6 +71,7 @@ __all__ = [
     "ConfigNotFound",
     "ConfigRecord",
     "DuplicateInFlight",
+    "Durability",
     "ExchangeReplayed",
     "ExportCursor",
     "ExportPage",
@@ -79,6 +92,7 @@ __all__ = [
     "LedgerLimits",
     "LedgerUnavailable",
     "LimitTooLarge",
+    "NotReplicated",
     "Reconciliation",
     "RedisClient",
     "Reservation",
@@ -87,11 +101,14 @@ __all__ = [
     "ReservationError",
     "ReservationExpired",
     "ReservationNotFound",
+    "SentinelTarget",
     "Settlement",
     "StoredMessage",
     "TenantStore",
+    "TokensHeld",
     "connect",
     "connect_cluster",
+    "connect_sentinel",
     "embedded_redis",
     "from_milli",
     "normalize_uuid",

@@ -59,7 +59,7 @@ class ReserveCall(msgspec.Struct, frozen=True, kw_only=True):
     keys: list[str]
     config_id: str
     reservation_id: str
-    # ARGV[3]'s numbers up to record_ttl_ms; the source adds its pricing (known_tokens, known_count).
+    # ARGV[3]'s numbers up to hold_shares; the source adds its pricing (known_tokens, known_count).
     numbers: tuple[int, ...]
     # The request's fingerprint, with an Idempotency-Key only.
     fingerprint: tuple[str, ...] = ()

@@ -7,11 +7,14 @@ method of Ledger and TenantStore and nothing else, so `service/` never imports a
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
+import redis
 import redis.exceptions
 
+from ledger.durable import ReplicaTimeout
 from ledger.limits import AMOUNT_MILLI_MAX
 from ledger.results import StoredMessage
 
@@ -71,6 +74,31 @@ class InsufficientTokens(LedgerError):
         super().__init__("Not enough tokens left in this chat for the message and a reply.")
 
 
+class TokensHeld(LedgerError):
+    """The chat could pay for the prompt plus one reply token, but other messages in flight hold those
+    tokens: not a lack of tokens (402), a retry may pass once their holds settle. Nothing was reserved."""
+
+    code = "tokens_held"
+    # Seconds a client should wait: holds settle when their model call ends.
+    retry_after_s = 1
+
+    def __init__(
+        self,
+        *,
+        available_milli: int,
+        needed_milli: int,
+        limit_milli: int,
+        used_milli: int,
+        reserved_milli: int,
+    ) -> None:
+        self.available_milli = available_milli
+        self.needed_milli = needed_milli
+        self.limit_milli = limit_milli
+        self.used_milli = used_milli
+        self.reserved_milli = reserved_milli
+        super().__init__("This chat's free tokens are held by messages in flight; retry after Retry-After.")
+
+
 class ReservationError(LedgerError):
     """A settle or void that found no open reservation: each cause has its own code (style.md 8)."""
 
@@ -107,6 +135,17 @@ class LedgerUnavailable(LedgerError):
     code = "store_unavailable"
 
 
+class NotReplicated(LedgerUnavailable):
+    """With CHATLEDGER_DURABILITY=replica, no replica acknowledged the write in time: it is on the
+    primary and may not outlive it, so it is not acknowledged; a retry with the same Idempotency-Key
+    gets the first result, or runs once if the write was lost."""
+
+    code = "not_replicated"
+
+    def __init__(self) -> None:
+        super().__init__("No replica confirmed the write in time; retry with the same Idempotency-Key.")
+
+
 def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Turn a Redis failure inside `fn` into LedgerUnavailable, keeping the cause for the logs."""
 
@@ -114,10 +153,32 @@ def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await fn(*args, **kwargs)
+        except ReplicaTimeout as exc:
+            raise NotReplicated() from exc
         except redis.exceptions.RedisError as exc:
             raise LedgerUnavailable(f"The token store failed: {type(exc).__name__}.") from exc
+        except AttributeError as exc:
+            # redis-py's cluster client closes every connection when a failover confuses it (CLUSTERDOWN,
+            # repeated MOVED), those other tasks are using too; the command then fails inside redis-py on
+            # a connection whose socket is gone. The store failed, not the caller: anything else is a bug.
+            if not _raised_in_redis_py(exc):
+                raise
+            raise LedgerUnavailable("The token store failed: its connection closed under a command.") from exc
 
     return wrapper
+
+
+def _raised_in_redis_py(exc: BaseException) -> bool:
+    """Whether the innermost frame of `exc`'s traceback is in redis-py's own code."""
+    traceback = exc.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    return traceback.tb_frame.f_code.co_filename.startswith(_REDIS_PY)
+
+
+_REDIS_PY = os.path.dirname(redis.__file__) + os.sep
 
 
 class DuplicateInFlight(LedgerError):

@@ -29,7 +29,9 @@ EXPORT_MESSAGES_MAX = 500
 
 # The cursor's message part once a chat is exported whole.
 DONE = "+"
-_CURSOR_RE = re.compile(r"([0-9]{1,17})\.([0-9a-f-]{36})\.((?:[0-9]{1,16}-[0-9]{1,10}|\+)?)")
+# Score, chat id, then a message id (as history.py reads them) or DONE; one pattern for the API's schema too.
+CURSOR_PATTERN = r"([0-9]{1,17})\.([0-9a-f-]{36})\.((?:[0-9]{1,16}-[0-9]{1,19}|\+)?)"
+_CURSOR_RE = re.compile(CURSOR_PATTERN)
 
 
 class ExportCursor(msgspec.Struct, frozen=True):

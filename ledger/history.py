@@ -1,7 +1,12 @@
 """History entries: stream entry <-> StoredMessage, message ids, and the page query.
 
-A message id is the stream entry id with both parts zero-padded (`0001700000000000-000000`), so ids sort
-as strings the way they sort in time; cursors accept that form or the raw `ms-seq` form.
+A stream entry id is `<position>-<time ms>` (settle.lua): the message's place in the chat, counted from
+0, then its time on the Redis clock, so an offset page is an id range. Chats written before positions
+keep the ids Redis gave them, `<time ms>-<sequence>`; a first part of 10^12 or more is such a time (no
+chat holds 10^12 messages, and no chatledger chat is older than 2001), which tells the two apart.
+A message id is the entry id with the first part zero-padded to 16 digits and the second to at least 6
+(`0000000000000042-1764770000000`), so a chat's ids sort as strings in the order of its messages;
+cursors accept that form or the raw form.
 """
 
 from __future__ import annotations
@@ -14,9 +19,14 @@ import msgspec
 from ledger.results import StoredMessage
 
 # Used with fullmatch and ASCII digits only: `$` would accept a trailing newline and `\d` any Unicode digit.
-_ID_RE = re.compile(r"([0-9]{1,16})-([0-9]{1,10})")
+# A second part of up to 19 digits holds a time in ms (a positional id's) and stays below 2^64, which
+# Redis would refuse as an id.
+_ID_RE = re.compile(r"([0-9]{1,16})-([0-9]{1,19})")
 
 HistoryMode = Literal["offset", "after", "before"]
+
+# An entry id's first part below this is a position (its second part the time); at or above, a time.
+POSITION_ID_BELOW = 10**12
 
 # The fields of a history entry, in the order settle.lua writes them.
 _FIELD_ORDER = ["u", "c", "t", "m", "f"]
@@ -79,8 +89,10 @@ def decode_entry(entry: list[object]) -> StoredMessage:
 def make_message(
     entry_id: str, *, is_user: bool, content: str, tokens: int, charged_milli: int, flags: str
 ) -> StoredMessage:
-    """A StoredMessage for a raw stream entry id; its time part is the message's timestamp."""
+    """A StoredMessage for a raw stream entry id, whose time part is the message's timestamp."""
     message_id = format_message_id(entry_id)
+    first, _, second = entry_id.partition("-")
+    position_or_time = int(first)
     return StoredMessage(
         message_id=message_id,
         is_user=is_user,
@@ -88,7 +100,7 @@ def make_message(
         tokens=tokens,
         charged_milli=charged_milli,
         flags=flags,
-        timestamp_ms=int(message_id.partition("-")[0]),
+        timestamp_ms=int(second) if position_or_time < POSITION_ID_BELOW else position_or_time,
     )
 
 

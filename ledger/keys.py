@@ -46,6 +46,11 @@ class Keyspace:
     def chat_tag(self, chat_id: str) -> str:
         return f"{self.prefix}:{{c:{_checked_uuid(chat_id)}}}"
 
+    def chat_durable_marker(self, chat_id: str) -> str:
+        """String, short-lived: written and waited for to confirm the chat's slot is replicated
+        (Ledger.confirm_durable)."""
+        return f"{self.chat_tag(chat_id)}:durable"
+
     def chat_meta(self, chat_id: str) -> str:
         """Hash: owner config, counters (limit, used, reserved), flags and copied names."""
         return f"{self.chat_tag(chat_id)}:meta"

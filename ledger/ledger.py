@@ -13,8 +13,9 @@ import redis.exceptions
 from redis.asyncio import RedisCluster
 
 from ledger.chats import Chats
-from ledger.connection import RedisClient
+from ledger.connection import RedisClient, durability_of
 from ledger.context import context_source
+from ledger.durable import CLUSTER_MARKER_TTL_MS
 from ledger.errors import wrap_redis_errors
 from ledger.export import Export
 from ledger.keys import Keyspace
@@ -38,6 +39,15 @@ class Ledger(Chats, Messages, Retention, Export):
     async def start(self) -> None:
         """Load every script now, so a broken script or an unreachable Redis fails the boot."""
         await self.scripts.load_all()
+
+    @wrap_redis_errors
+    async def confirm_durable(self, chat_id: str) -> None:
+        """With a durability (ledger/durable.py), return once a replica holds everything the chat's
+        primary holds now, or raise NotReplicated: before a retry is answered from what its first
+        attempt saved, which may have been written and never acknowledged. A marker write in the
+        chat's slot, waited for; without a durability, nothing."""
+        if durability_of(self.redis) is not None:
+            await self.redis.set(self.keys.chat_durable_marker(chat_id), "", px=CLUSTER_MARKER_TTL_MS)
 
     @wrap_redis_errors
     async def ready(self) -> bool:

@@ -48,6 +48,11 @@ CONTEXT_TOKENS_KEPT = 128
 # not pay for a trim every time.
 CONTEXT_TOKENS_SLACK = 32
 
+# A hold cut to a share of a scarce budget (LedgerLimits.hold_shares) still asks for at least this many
+# reply tokens, when the chat can pay them: a share of a nearly spent chat would otherwise cut replies
+# to a token or two while other holds are about to give tokens back.
+HOLD_REPLY_FLOOR_TOKENS = 64
+
 # A worker's cache of its chats' newest messages (ledger/context.py): at most this many chats and this
 # many characters of content (a few tens of MB at most), least recently used first out.
 CONTEXT_CACHE_CHATS_MAX = 4096
@@ -68,3 +73,11 @@ class LedgerLimits(msgspec.Struct, frozen=True, kw_only=True):
     # A by-config index entry whose chat does not exist is only repaired when older than this: younger
     # ones may belong to a creation in progress (the index is written first, design.md section 3).
     orphan_grace_ms: int = 60_000
+    # A hold's reply part is at most 1/hold_shares of the reply tokens the chat has free (and at least
+    # HOLD_REPLY_FLOOR_TOKENS of them, and never more than the reply may ask for), so that many
+    # concurrent exchanges of one chat can hold at once; 1 lets one hold take everything free.
+    hold_shares: int = 1
+
+    def __post_init__(self) -> None:
+        if self.hold_shares < 1:
+            raise ValueError("hold_shares must be at least 1")

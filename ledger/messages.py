@@ -46,7 +46,8 @@ class Messages:
         """Hold enough for the prompt (the worker's known part plus the history that fits the budget)
         and up to `completion_tokens_max` reply tokens, capped by what the chat can pay.
 
-        Raises InsufficientTokens (nothing held) when even one reply token is not payable. With an
+        Raises InsufficientTokens (nothing held) when even one reply token is not payable with nothing
+        held, and TokensHeld (nothing held) when it would be but other holds have it. With an
         Idempotency-Key: ExchangeReplayed (its saved reply) when the key's exchange completed,
         DuplicateInFlight while it is open, IdempotencyKeyReused for another request's key."""
         keys, fingerprint = self._exchange_keys(chat_id, idempotency)
@@ -67,6 +68,7 @@ class Messages:
                 limits.reservation_ttl_ms,
                 limits.reservation_retention_ms,
                 limits.idempotency_ttl_ms,
+                limits.hold_shares,
             ),
             fingerprint=fingerprint,
             count_max=history_count_max,

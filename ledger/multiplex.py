@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -126,10 +127,13 @@ class _Connection(asyncio.Protocol):
         self._failure: redis.exceptions.RedisError | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
+        # Set by a READONLY reply: the node was demoted (a failover), so the next call connects again,
+        # to wherever the primary now is, and the calls still waiting here fail as on a lost connection.
+        self.demoted = False
 
     @property
     def usable(self) -> bool:
-        return self._failure is None and self._transport is not None
+        return self._failure is None and self._transport is not None and not self.demoted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's does not subclass asyncio.Transport, but has its methods).
@@ -149,6 +153,8 @@ class _Connection(asyncio.Protocol):
             if not pending:
                 self._fail(redis.exceptions.ConnectionError("A reply came that no command asked for."))
                 return
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("READONLY"):
+                self.demoted = True
             batch = pending[0]
             batch.replies.append(reply)
             if len(batch.replies) == batch.count:
@@ -246,15 +252,24 @@ def _database(path: str, query_db: str | None) -> int:
         return 0
 
 
+# Where the primary is now: Redis Sentinel's answer, asked again at every connect (ledger/connection.py).
+Locator = Callable[[], Awaitable[tuple[str, int]]]
+
+
 class Multiplexer:
     """The shared connection of one client. Connects on first use and again after a failure; the
-    client closes it (ledger/connection.py)."""
+    client closes it (ledger/connection.py).
+
+    With `locate` (Redis Sentinel), each connect asks where the primary is and checks the node says it
+    is one (ROLE), so a failover is followed at the next call after the old connection fails or answers
+    READONLY."""
 
     def __init__(
         self,
         host: str,
         port: int,
         *,
+        locate: Locator | None = None,
         db: int = 0,
         username: str | None = None,
         password: str | None = None,
@@ -264,6 +279,7 @@ class Multiplexer:
         connect_timeout_s: float | None = 5.0,
     ) -> None:
         self._address = (host, port)
+        self._locate = locate
         self._db = db
         self._auth = [a for a in (username, password) if a is not None] if password is not None else []
         self._encoding = encoding
@@ -294,6 +310,15 @@ class Multiplexer:
             timeout_s=float(timeout) if timeout is not None else 5.0,
             connect_timeout_s=float(connect_timeout) if connect_timeout is not None else 5.0,
         )
+
+    def twin(self, *, extra_timeout_s: float) -> Multiplexer:
+        """A multiplexer of its own to the same node, whose replies may take `extra_timeout_s` longer
+        (ledger/durable.py: a WAIT there is no sign of a dead connection)."""
+        twin = copy.copy(self)
+        twin._connection, twin._connecting = None, None
+        if self._timeout_s is not None:
+            twin._timeout_s = self._timeout_s + extra_timeout_s
+        return twin
 
     async def execute(self, *command: str | bytes | int | float) -> Any:
         """One command's reply; an error reply is raised."""
@@ -375,7 +400,7 @@ class Multiplexer:
 
     async def _open(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        host, port = self._address
+        host, port = self._address if self._locate is None else await self._locate()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _transport, connection = await loop.create_connection(
@@ -388,10 +413,14 @@ class Multiplexer:
             setup.append(["AUTH", *self._auth])
         if self._db:
             setup.append(["SELECT", self._db])
+        if self._locate is not None:
+            setup.append(["ROLE"])
         if setup:
             try:
-                for reply in await connection.send(setup):
-                    raise_error(reply)
+                replies = [raise_error(reply) for reply in await connection.send(setup)]
+                # Sentinel may still name a primary that was demoted a moment ago: refuse it.
+                if self._locate is not None and replies[-1][0] not in ("master", b"master"):
+                    raise redis.exceptions.ConnectionError(f"{host}:{port} is not the primary (ROLE).")
             except BaseException:
                 connection.close()
                 raise

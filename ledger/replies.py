@@ -27,6 +27,7 @@ from ledger.errors import (
     ReservationAlreadyVoided,
     ReservationExpired,
     ReservationNotFound,
+    TokensHeld,
 )
 from ledger.history import decode_entry
 
@@ -102,6 +103,23 @@ class Insufficient(Refusal, frozen=True, tag="insufficient"):
             needed_milli=self.needed_milli,
             limit_milli=self.limit_milli,
             used_milli=self.used_milli,
+        )
+
+
+class Held(Refusal, frozen=True, tag="held"):
+    available_milli: int
+    needed_milli: int
+    limit_milli: int
+    used_milli: int
+    reserved_milli: int
+
+    def error(self) -> LedgerError:
+        return TokensHeld(
+            available_milli=self.available_milli,
+            needed_milli=self.needed_milli,
+            limit_milli=self.limit_milli,
+            used_milli=self.used_milli,
+            reserved_milli=self.reserved_milli,
         )
 
 
@@ -233,7 +251,12 @@ _RESOLVING = (
 )
 
 decode_reserve: ReplyDecoder[Granted] = ReplyDecoder(
-    "reserve", Granted, Insufficient, Replayed, *refused("not_found", "deleted", "in_flight", "key_reused")
+    "reserve",
+    Granted,
+    Insufficient,
+    Held,
+    Replayed,
+    *refused("not_found", "deleted", "in_flight", "key_reused"),
 )
 decode_settle: ReplyDecoder[Settled] = ReplyDecoder("settle", Settled, *refused("deleted", *_RESOLVING))
 decode_void: ReplyDecoder[Voided] = ReplyDecoder("void", Voided, *refused(*_RESOLVING))

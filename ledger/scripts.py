@@ -16,12 +16,13 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from ledger.connection import RedisClient, multiplexer_of
+from ledger.connection import RedisClient, group_commit_of, multiplexer_of
 from ledger.limits import (
     CONTEXT_TOKENS_KEPT,
     CONTEXT_TOKENS_SLACK,
     ERASE_RECORDS_MAX,
     HISTORY_SKIP_CHUNK,
+    HOLD_REPLY_FLOOR_TOKENS,
     JOURNAL_FOLD_BATCH,
     JOURNAL_KEPT,
     REAP_BATCH_MAX,
@@ -41,6 +42,13 @@ SCRIPT_NAMES = (
     "history",
     "rate_limit",
     "erase_chat",
+)
+# The scripts that move money or history: with a durability, each waits for a replica's acknowledgement
+# (ledger/durable.py). A reserve does not: a hold lost with its primary is caught by the settle, which
+# then finds no reservation and charges nothing.
+# An erasure waits too: acknowledged, it must not come back with a promoted replica.
+DURABLE_SCRIPTS = frozenset(
+    {"create_chat", "settle", "void", "top_up", "delete_chat", "restore_chat", "erase_chat"}
 )
 
 
@@ -70,6 +78,7 @@ def script_source(name: str) -> str:
         f"local ERASE_RECORDS_MAX = {ERASE_RECORDS_MAX}\n"
         f"local JOURNAL_KEPT = {JOURNAL_KEPT}\nlocal JOURNAL_FOLD_BATCH = {JOURNAL_FOLD_BATCH}\n"
         f"local RESOLVED_BYTES = {RESOLVED_BYTES}\n"
+        f"local HOLD_REPLY_FLOOR_TOKENS = {HOLD_REPLY_FLOOR_TOKENS}\n"
     ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)
 
@@ -85,6 +94,7 @@ class Scripts:
     def __init__(self, redis: RedisClient, observe: Callable[[str, float], None] | None = None) -> None:
         self._redis = redis
         self.multiplexer = multiplexer_of(redis)
+        self.group_commit = group_commit_of(redis)
         # Called with (script name, seconds) after each `call`; ledger/ knows nothing of metrics.
         self.observe = observe
         self.create_chat: AsyncScript = redis.register_script(_SOURCES["create_chat"])
@@ -109,6 +119,8 @@ class Scripts:
         script: AsyncScript = getattr(self, name)
         started = time.perf_counter()
         try:
+            if self.group_commit is not None and name in DURABLE_SCRIPTS:
+                return await self.group_commit.evalsha(script.sha, _SOURCES[name], keys, args)
             if self.multiplexer is not None:
                 return await self.multiplexer.evalsha(script.sha, _SOURCES[name], keys, args)
             return await script(keys=list(keys), args=list(args))

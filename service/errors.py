@@ -41,6 +41,17 @@ def _insufficient(exc: Exception) -> dict[str, Any]:
     }
 
 
+def _held(exc: Exception) -> dict[str, Any]:
+    assert isinstance(exc, ledger.TokensHeld)
+    return {
+        "token_limit": ledger.from_milli(exc.limit_milli),
+        "token_used": ledger.from_milli(exc.used_milli),
+        "token_reserved": ledger.from_milli(exc.reserved_milli),
+        "tokens_available": ledger.from_milli(exc.available_milli),
+        "tokens_needed": ledger.from_milli(exc.needed_milli),
+    }
+
+
 def _no_extra(_exc: Exception) -> dict[str, Any]:
     return {}
 
@@ -48,6 +59,8 @@ def _no_extra(_exc: Exception) -> dict[str, Any]:
 # Exception class -> (status, extra fields). The first class in MRO order that is listed wins.
 ERROR_TABLE: dict[type[Exception], tuple[int, Callable[[Exception], dict[str, Any]]]] = {
     ledger.InsufficientTokens: (402, _insufficient),
+    # Held is not spent: tokens other messages hold come back when they settle, so a retry may pass.
+    ledger.TokensHeld: (429, _held),
     ledger.ChatNotFound: (404, _no_extra),
     ledger.ChatDeleted: (404, _no_extra),
     ledger.ConfigNotFound: (404, _no_extra),
@@ -113,5 +126,11 @@ def response_for(exc: Exception) -> web.Response | None:
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
             status, extra = ERROR_TABLE[cls]
-            return error_response(status, getattr(exc, "code", "error"), str(exc), **extra(exc))
+            return error_response(
+                status,
+                getattr(exc, "code", "error"),
+                str(exc),
+                retry_after_s=getattr(exc, "retry_after_s", None),
+                **extra(exc),
+            )
     return None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from typing import Any, TypeVar
 
@@ -41,8 +41,9 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-# Called with each delta of a streamed reply; raising (or being cancelled) means the client left.
-DeltaSink = Callable[[str], Awaitable[None]]
+# Called with the deltas of a streamed reply as they arrive, those that arrived together in one call (so
+# they can go out in one write); raising (or being cancelled) means the client left.
+DeltaSink = Callable[[Sequence[str]], Awaitable[None]]
 
 
 class Exchanged(msgspec.Struct, frozen=True, kw_only=True):
@@ -99,7 +100,7 @@ class Exchange:
         on_delta: DeltaSink,
         idempotency: ledger.IdempotencyKey | None = None,
     ) -> Exchanged:
-        """Like `send`, handing each delta of the reply to `on_delta` as it arrives.
+        """Like `send`, handing the deltas of the reply to `on_delta` as they arrive.
 
         A failure of the chat (402, 404...) raises. A failure of the model (ProviderError) raises
         too, after voiding the hold if no delta was handed on, or settling what was if some were;
@@ -191,6 +192,9 @@ class Exchange:
         except ledger.InsufficientTokens:
             self._metrics.insufficient.inc()
             raise
+        except ledger.TokensHeld:
+            self._metrics.tokens_held.inc()
+            raise
         self._metrics.reserved(reservation)
         if reservation.reclaimed:
             self._metrics.reservations_expired.inc(reservation.reclaimed)
@@ -216,6 +220,12 @@ class Exchange:
                 reply_tokens=min(completion.completion_tokens, reservation.completion_tokens_max),
                 flags=("t" if completion.truncated else "") + ("e" if completion.estimated else ""),
             )
+        except ledger.ReservationNotFound as exc:
+            # Our own reserve made this hold, so only the store can have lost it: a failover that
+            # promoted a replica the reserve had not reached. Nothing was charged; a retry runs again.
+            raise ledger.LedgerUnavailable(
+                "The token store lost this exchange's hold (a failover); nothing was charged, retry."
+            ) from exc
         except ledger.LedgerError:
             raise
         except Exception:
@@ -282,10 +292,10 @@ def charge_milli(config: ledger.ConfigRecord, completion: Completion) -> int:
 
 async def _relay(reply: ReplyStream, on_delta: DeltaSink) -> None:
     """Hand every delta to the sink; a sink failure becomes ClientGone, told apart from the model's."""
-    async with aclosing(reply.deltas()) as deltas:
-        async for delta in deltas:
+    async with aclosing(reply.batches()) as batches:
+        async for batch in batches:
             try:
-                await on_delta(delta)
+                await on_delta(batch)
             except Exception as exc:
                 # Usually a reset connection; the type is logged so that anything else shows.
                 log.info("client_gone", cause=type(exc).__name__)

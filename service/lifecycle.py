@@ -42,14 +42,25 @@ async def redis_client(app: web.Application) -> AsyncIterator[None]:
 
 
 def connect_redis(settings: Settings) -> ledger.RedisClient:
-    """The client the settings name: a Redis Cluster when REDIS_CLUSTER_URL is set, else REDIS_URL's
-    node. Setting both is refused before this is called (service/cli.py)."""
+    """The client the settings name: a Redis Cluster when REDIS_CLUSTER_URL is set, the primary the
+    sentinels name with REDIS_SENTINEL_URL, else REDIS_URL's node. Setting two kinds is refused before
+    this is called (service/cli.py)."""
+    durability = settings.durability_wait
     if settings.redis_cluster_url is not None:
-        log.info("redis_cluster", url=_without_password(settings.redis_cluster_url))
-        return ledger.connect_cluster(settings.redis_cluster_url)
+        log.info(
+            "redis_cluster", url=_without_password(settings.redis_cluster_url), durability=settings.durability
+        )
+        return ledger.connect_cluster(settings.redis_cluster_url, durability=durability)
+    if settings.redis_sentinel_url is not None:
+        log.info(
+            "redis_sentinel",
+            url=_without_password(settings.redis_sentinel_url),
+            durability=settings.durability,
+        )
+        return ledger.connect_sentinel(settings.redis_sentinel_url, durability=durability)
     assert settings.redis_url is not None, "embedded mode has no Redis URL"
-    log.info("redis", url=_without_password(settings.redis_url))
-    return ledger.connect(settings.redis_url)
+    log.info("redis", url=_without_password(settings.redis_url), durability=settings.durability)
+    return ledger.connect(settings.redis_url, durability=durability)
 
 
 async def ledger_and_tenants(app: web.Application) -> AsyncIterator[None]:

@@ -73,6 +73,11 @@ class Metrics:
         self.insufficient = Counter(
             "chatledger_insufficient_tokens", "Messages refused with 402 before any generation.", registry=r
         )
+        self.tokens_held = Counter(
+            "chatledger_tokens_held",
+            "Messages refused with 429 tokens_held: the chat could pay, messages in flight held its tokens.",
+            registry=r,
+        )
         self.upstream_latency = Histogram(
             "chatledger_upstream_duration_seconds", "Model call latency.", ["provider"],
             buckets=_HTTP_BUCKETS_S, registry=r,

@@ -49,7 +49,9 @@ _DESCRIPTIONS = {
     413: "Request body over the configured size.",
     422: "Invalid field or query values, an Idempotency-Key reused with another request, or a top-up that "
     "would take the limit past 10^12.",
-    429: "Rate limited, or over the config's share of model calls.",
+    429: "Rate limited (code rate_limited); on a message, also: the chat can pay, but messages in flight "
+    "hold its tokens (code tokens_held), or its config has its share of model calls running (code "
+    "model_calls_exceeded); nothing was reserved, retry after Retry-After.",
     502: "The model failed before the reply started; nothing was charged.",
     503: "The token store is unavailable, or the worker is at its in-flight cap (code overloaded).",
     504: "The model timed out before the reply started; nothing was charged.",

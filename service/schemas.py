@@ -26,8 +26,9 @@ TOP_UP_TOKENS_MIN = 0.0005
 # A chat or config id is a UUID: any other string reads as not found (api.md Part B 6).
 UUID_SCHEMA = {"format": "uuid"}
 DATE_TIME_SCHEMA = {"format": "date-time"}
-# A message id (api.md Part C): milliseconds and a sequence number, as the cursors take it back.
-MESSAGE_ID_PATTERN = r"^[0-9]{1,16}-[0-9]{1,10}$"
+# A message id (api.md Part C): its position and its time in ms (a chat written before positions: its
+# time and a sequence number; ledger/history.py), as the cursors take it back.
+MESSAGE_ID_PATTERN = r"^[0-9]{1,16}-[0-9]{1,19}$"
 UuidStr = Annotated[str, msgspec.Meta(extra_json_schema=UUID_SCHEMA)]
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema=DATE_TIME_SCHEMA)]
 

@@ -1,11 +1,12 @@
 """Settings from environment variables: the only module that reads os.environ.
 
-Every field `name` is read from `CHATLEDGER_<NAME>`, except `redis_url` and `redis_cluster_url`, which
-are the conventional `REDIS_URL` and `REDIS_CLUSTER_URL`. Every field has a type and a range, written
-once here as msgspec constraints (or, for what a constraint cannot say, a check in `_VALUE_CHECKS`): a
-value outside it stops `chatledger serve` at start with a message naming the variable and the range,
-rather than being accepted and failing on some later request. The same ranges, with each field's
-description, are the table of docs/configuration.md (`reference_table`, which a test compares with it).
+Every field `name` is read from `CHATLEDGER_<NAME>`, except the Redis URLs (`_REDIS_FIELDS`), which
+are the conventional `REDIS_URL`, `REDIS_CLUSTER_URL` and `REDIS_SENTINEL_URL`. Every field has a type
+and a range, written once here as msgspec constraints (or, for what a constraint cannot say, a check
+in `_VALUE_CHECKS`): a value outside it stops `chatledger serve` at start with a message naming the
+variable and the range, rather than being accepted and failing on some later request. The same
+ranges, with each field's description, are the table of docs/configuration.md (`reference_table`,
+which a test compares with it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 import msgspec
 import msgspec.inspect as mi
 
-from ledger import AMOUNT_TOKENS_MAX, LedgerLimits
+from ledger import AMOUNT_TOKENS_MAX, Durability, LedgerLimits, SentinelTarget
 
 # What an API key, a token or a model name may be: visible ASCII, as an HTTP header carries it intact.
 # service/auth.py refuses any X-API-Key outside this before looking it up.
@@ -87,6 +88,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         ]
         | None
     ) = None
+    # A primary and its replicas watched by Redis Sentinel: the client asks the sentinels where the
+    # primary is, and follows it through a failover (ledger/connection.py).
+    redis_sentinel_url: (
+        Annotated[
+            str,
+            _meta(
+                "the sentinels and the service they watch, used instead of `REDIS_URL` (set one kind)",
+                max_length=2048,
+                range_text="`redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]`",
+            ),
+        ]
+        | None
+    ) = None
+    # `replica`: every write that moves money or history waits (WAIT) for a replica's acknowledgement,
+    # and is answered 503 `not_replicated` when none came in time (ledger/durable.py, design.md).
+    durability: Annotated[
+        Literal["none", "replica"],
+        _meta("`replica`: a write is acknowledged only once a replica has it; `none`: once the primary has"),
+    ] = "none"
+    # How long a write waits for a replica before it is answered 503; every request waiting on it holds
+    # a slot of max_in_flight meanwhile.
+    durability_timeout_ms: Annotated[
+        int,
+        _meta("with `replica`, milliseconds a write waits for a replica's acknowledgement", ge=1, le=10_000),
+    ] = 1000
     # `serve` processes sharing the port (SO_REUSEPORT); more than one needs a real Redis.
     workers: Annotated[
         int, _meta("`serve` processes sharing the port; more than 1 needs a Redis", ge=1, le=128)
@@ -241,6 +267,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         _meta("a hold's deadline in seconds; above openai_total_timeout_s with `openai`", ge=1, le=7200),
     ] = 120
+    # A hold's reply part is at most this share of the reply tokens a chat has free (LedgerLimits), so
+    # concurrent messages of a chat with a small budget hold at once instead of one after the other.
+    hold_shares: Annotated[
+        int,
+        _meta("a hold takes at most 1/N of a chat's free reply tokens (1: all of them)", ge=1, le=64),
+    ] = 4
     # How long a worker trusts a resolved API key: the bound on how late a revocation takes effect.
     auth_cache_ttl_s: Annotated[
         float,
@@ -316,10 +348,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def embedded(self) -> bool:
-        return self.redis_url is None and self.redis_cluster_url is None
+        return self.redis_url is None and self.redis_cluster_url is None and self.redis_sentinel_url is None
+
+    @property
+    def durability_wait(self) -> Durability | None:
+        """WAIT's arguments with `replica` (one replica), None with `none`."""
+        return Durability(1, self.durability_timeout_ms) if self.durability == "replica" else None
 
     def ledger_limits(self) -> LedgerLimits:
-        return LedgerLimits(reservation_ttl_ms=self.reservation_ttl_s * 1000)
+        return LedgerLimits(reservation_ttl_ms=self.reservation_ttl_s * 1000, hold_shares=self.hold_shares)
 
     @property
     def api_prefix(self) -> str:
@@ -334,8 +371,11 @@ def _origin_list(cors_origins: str) -> frozenset[str]:
     return frozenset(origin.strip() for origin in cors_origins.split(",") if origin.strip())
 
 
+_REDIS_FIELDS = ("redis_url", "redis_cluster_url", "redis_sentinel_url")
+
+
 def env_name(field: str) -> str:
-    return field.upper() if field in ("redis_url", "redis_cluster_url") else f"CHATLEDGER_{field.upper()}"
+    return field.upper() if field in _REDIS_FIELDS else f"CHATLEDGER_{field.upper()}"
 
 
 class SettingsError(ValueError):
@@ -366,6 +406,14 @@ def _cluster_url_ok(url: str) -> bool:
     return _redis_url_ok(url, frozenset({"redis", "rediss"}))
 
 
+def _sentinel_url_ok(url: str) -> bool:
+    try:
+        SentinelTarget(url)
+    except ValueError:
+        return False
+    return True
+
+
 def _http_url_ok(url: str) -> bool:
     parts = urlsplit(url)
     return (
@@ -389,12 +437,21 @@ def _cors_origins_ok(value: str) -> bool:
 _VALUE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "redis_url": _redis_url_ok,
     "redis_cluster_url": _cluster_url_ok,
+    "redis_sentinel_url": _sentinel_url_ok,
     "openai_base_url": _http_url_ok,
     "cors_origins": _cors_origins_ok,
 }
 # Values never repeated in a message: keys, tokens, and URLs that may hold a password.
 _SECRET_FIELDS = frozenset(
-    {"redis_url", "redis_cluster_url", "openai_api_key", "admin_token", "demo_api_key", "widget_api_key"}
+    {
+        "redis_url",
+        "redis_cluster_url",
+        "redis_sentinel_url",
+        "openai_api_key",
+        "admin_token",
+        "demo_api_key",
+        "widget_api_key",
+    }
 )
 
 
@@ -490,8 +547,15 @@ def settings_from_env(environ: Mapping[str, str] | None = None, **overrides: obj
 def cross_field_problems(settings: Settings) -> list[str]:
     """Values each in range that cannot work together."""
     problems = []
-    if settings.redis_url is not None and settings.redis_cluster_url is not None:
-        problems.append("set REDIS_URL or REDIS_CLUSTER_URL, not both.")
+    kinds = [env_name(field) for field in _REDIS_FIELDS if getattr(settings, field) is not None]
+    if len(kinds) > 1:
+        which = f"both {kinds[0]} and {kinds[1]}" if len(kinds) == 2 else "all three"
+        problems.append(f"set one of REDIS_URL, REDIS_CLUSTER_URL and REDIS_SENTINEL_URL, not {which}.")
+    if settings.durability == "replica" and settings.embedded:
+        problems.append(
+            "CHATLEDGER_DURABILITY=replica needs a Redis with replicas (REDIS_URL, REDIS_CLUSTER_URL or "
+            "REDIS_SENTINEL_URL): the embedded Redis has none."
+        )
     if settings.provider == "openai" and not settings.openai_model:
         problems.append(
             "CHATLEDGER_OPENAI_MODEL: set the model to ask for (e.g. gpt-4o-mini) with "

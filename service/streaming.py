@@ -3,7 +3,8 @@
 The response starts with the reply's first delta, not before: until then every failure (402, 404, a
 model that does not answer) is still a plain JSON error with its status. After it, the stream carries:
 
-    event: delta   data: {"content": "..."}                     one per piece of the reply
+    event: delta   data: {"content": "..."}                     one per piece of the reply; pieces that
+                                                                arrive together go out in one write
     event: done    data: {"message": {...}, "tokens_charged": ..., "token_limit": ..., "token_used": ...,
                           "prompt_tokens": ..., "completion_tokens": ..., "estimated": ...}
     event: error   data: {"detail": "...", "code": "...", "status": 502}   instead of done on a failure
@@ -16,7 +17,9 @@ tokens charged, never more than the hold, and the partial reply saved, flagged t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -69,21 +72,21 @@ async def stream_reply(
     idempotency: ledger.IdempotencyKey | None = None,
 ) -> web.StreamResponse:
     """Run the exchange, relaying its deltas; see the module docstring for the events."""
-    sse: EventSourceResponse | None = None
+    sse: _EventStream | None = None
 
-    async def send_delta(text: str) -> None:
+    async def send_deltas(texts: Sequence[str]) -> None:
         nonlocal sse
         if sse is None:
             sse = await _start(request)
-        await sse.send(_json({"content": text}), event="delta")
+        await sse.send_framed(b"".join(_event("delta", {"content": text}) for text in texts))
 
     try:
-        exchanged = await request.app[EXCHANGE].stream(config, chat_id, content, send_delta, idempotency)
+        exchanged = await request.app[EXCHANGE].stream(config, chat_id, content, send_deltas, idempotency)
         if sse is None:  # every reply has a delta (an empty one is an error); kept for safety
             sse = await _start(request)
         # The exchange is settled: a client leaving during this last event changes nothing.
         with contextlib.suppress(*CLIENT_GONE):
-            await sse.send(_json(_done(chat_id, exchanged)), event="done")
+            await sse.send_framed(_event("done", _done(chat_id, exchanged)), last=True)
     except ClientGone:
         pass
     except Exception as exc:
@@ -96,8 +99,34 @@ async def stream_reply(
     return sse if sse is not None else web.Response(status=204)
 
 
-async def _start(request: web.Request) -> EventSourceResponse:
-    sse = EventSourceResponse(allow_all_methods=True)
+class _EventStream(EventSourceResponse):
+    """aiohttp-sse's response, with events framed by the caller sent in one write: the headers go
+    with the first events, and the last event with the end of the body."""
+
+    _send_headers_immediately = False
+
+    async def send_framed(self, framed: bytes, *, last: bool = False) -> None:
+        """`framed` (whole events) in one write, the body's end with it if `last`, with `send()`'s
+        timeout and its handling of a client that left or stopped reading."""
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await (self.write_eof(framed) if last else self.write(framed))
+        except ConnectionResetError:
+            self.stop_streaming()
+            raise
+        except TimeoutError:
+            self.stop_streaming()
+            self._abort_transport()
+            raise
+
+
+def _event(name: str, payload: object) -> bytes:
+    """One event, framed as aiohttp-sse frames it (its JSON data has no line breaks)."""
+    return b"event: " + name.encode() + b"\r\ndata: " + ENCODER.encode(payload) + b"\r\n\r\n"
+
+
+async def _start(request: web.Request) -> _EventStream:
+    sse = _EventStream(allow_all_methods=True)
     # Prepared here, so request_context cannot stamp it when the handler returns.
     stamp_response(request, sse)
     await sse.prepare(request)
@@ -117,7 +146,7 @@ def _done(chat_id: str, exchanged: Exchanged) -> StreamDone:
     )
 
 
-async def _send_error(sse: EventSourceResponse, exc: Exception) -> None:
+async def _send_error(sse: _EventStream, exc: Exception) -> None:
     """The JSON error the status-code path would have answered, as an `error` event."""
     response = response_for(exc)
     if response is None:
@@ -129,8 +158,4 @@ async def _send_error(sse: EventSourceResponse, exc: Exception) -> None:
         fields, status = msgspec.json.decode(response.body), response.status
         log.warning("stream_failed", code=fields.get("code"), status=status, cause=repr(exc.__cause__))
     with contextlib.suppress(*CLIENT_GONE):
-        await sse.send(_json({**fields, "status": status}), event="error")
-
-
-def _json(payload: object) -> str:
-    return ENCODER.encode(payload).decode()
+        await sse.send_framed(_event("error", {**fields, "status": status}), last=True)

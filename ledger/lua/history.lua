@@ -7,8 +7,10 @@
 -- ARGV[4] page size
 -- Reply: {'ok', total, entries} with entries as {id, {field, value, ...}}, oldest first;
 --        {'not_found'}; {'deleted'}.
--- Cost: cursors are O(log n + page). An offset walks min(offset, total - offset) entries in chunks of
--- HISTORY_SKIP_CHUNK, from whichever end is nearer, so memory stays bounded on a deep page.
+-- Cost: O(log n + page), cursors and offsets alike: entry ids are '<position>-<time ms>' (settle.lua),
+-- so an offset page is an XRANGE from '<offset>'. A chat written before positions (time ids) has no
+-- such entry, and its offset walks min(offset, total - offset) entries in chunks of HISTORY_SKIP_CHUNK
+-- from whichever end is nearer, so memory stays bounded on a deep page.
 local meta, msgs = KEYS[1], KEYS[2]
 local config_id = ARGV[1]
 local mode = ARGV[2]
@@ -60,7 +62,13 @@ elseif mode == 'before' then
   end
 elseif mode == 'offset' then
   local offset = tonumber(position)
-  if offset < total then
+  local at = int(offset)
+  -- The entry at position `offset` has the id '<offset>-<time>' when the chat's ids are positions up
+  -- to it; an entry whose id starts so can be at no other position, since ids only grow.
+  local page = offset < total and redis.call('XRANGE', msgs, at, '+', 'COUNT', limit) or {}
+  if page[1] and string.sub(page[1][1], 1, #at + 1) == at .. '-' then
+    entries = page
+  elseif offset < total then
     local newer = total - offset - limit
     if offset <= newer then
       local start = skip('XRANGE', '-', '+', offset)

@@ -10,7 +10,8 @@
 --   token; completion_tokens_max: most reply tokens wanted; history_tokens_max: the context budget for
 --   history, in tokens; history_count_max: most history messages to consider; ttl_ms: the hold's
 --   deadline from now; retention_ms of resolved records; record_ttl_ms: the idempotency record's
---   lifetime (with KEYS[7]); known_tokens and known_count (see ARGV[4])
+--   lifetime (with KEYS[7]); hold_shares: a hold's reply part is at most this share of the reply tokens
+--   free (design.md section 4); known_tokens and known_count (see ARGV[4])
 -- ARGV[4] how the caller gets the context (ContextMode in ledger/scripts.py):
 --   CONTEXT_IN_REPLY: the reply's last element carries the context's entries;
 --   CONTEXT_READ_BY_CALLER: that element is empty, the caller reads the entries itself (ledger/context.py);
@@ -27,7 +28,9 @@
 --    whose newest id is newest_id ('' when empty), which let the caller check what it read; entries
 --    are those messages as stream entries {id, {field, value, ...}}, newest first, with
 --    CONTEXT_IN_REPLY, else {}. Amounts are integers.
---   {'insufficient', available_milli, needed_milli, limit_milli, used_milli}; {'not_found'};
+--   {'insufficient', available_milli, needed_milli, limit_milli, used_milli} (the chat cannot pay even
+--   with nothing held); {'held', available_milli, needed_milli, limit_milli, used_milli, reserved_milli}
+--   (it could, but other holds have those tokens: a retry may pass); {'not_found'};
 --   {'deleted'}; {'replay', entry} (the key's exchange completed: its saved reply);
 --   {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -37,8 +40,8 @@ local record_index = KEYS[8]
 local config_id = ARGV[1]
 local reservation_id = ARGV[2]
 local prompt_milli, prompt_weight_milli, completion_weight_milli, completion_tokens_max,
-  history_tokens_max, history_count_max, ttl_ms, retention_ms, record_ttl_ms, known_tokens, known_count =
-  unpack_numbers('>I8I8I8I8I8I8I8I8I8I8I8', ARGV[3])
+  history_tokens_max, history_count_max, ttl_ms, retention_ms, record_ttl_ms, hold_shares, known_tokens,
+  known_count = unpack_numbers('>I8I8I8I8I8I8I8I8I8I8I8I8', ARGV[3])
 local context_mode = ARGV[4]
 local known_id = ARGV[5]
 local fingerprint = ARGV[6]
@@ -150,18 +153,25 @@ end
 
 local available = chat.limit - chat.used - chat.reserved
 local prompt_total = prompt_milli + history_tokens * prompt_weight_milli
--- The spec's 402 rule (api.md Part B 8): the prompt and at least one reply token must be payable.
+-- The spec's 402 rule (api.md Part B 8): the prompt and at least one reply token must be payable, by
+-- what is left with nothing held; tokens that other holds have are not spent, and come back.
 local needed = prompt_total + completion_weight_milli
-if available < needed then
+if chat.limit - chat.used < needed then
   return {'insufficient', available, needed, chat.limit, chat.used}
+end
+if available < needed then
+  return {'held', available, needed, chat.limit, chat.used, chat.reserved}
 end
 
 -- Grant what the reply may cost, capped by what the chat can pay: the upstream's max_tokens comes from
--- this, so a model can never spend past the hold.
+-- this, so a model can never spend past the hold. Of a budget too small for hold_shares full replies,
+-- a hold takes one share of the free reply tokens (at least the floor, when free), so concurrent
+-- messages of one chat hold at once instead of the first holding everything.
 local completion_tokens = completion_tokens_max
 if completion_weight_milli > 0 then
-  completion_tokens = math.min(completion_tokens_max,
-    math.floor((available - prompt_total) / completion_weight_milli))
+  local free_tokens = math.floor((available - prompt_total) / completion_weight_milli)
+  local share = math.max(math.ceil(free_tokens / hold_shares), HOLD_REPLY_FLOOR_TOKENS)
+  completion_tokens = math.min(completion_tokens_max, free_tokens, share)
 end
 local granted = prompt_total + completion_tokens * completion_weight_milli
 

@@ -11,7 +11,7 @@
 -- ARGV[5] reply content          ARGV[6] its tokens
 -- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' when it clamps)
 -- ARGV[8] the request's fingerprint (only with KEYS[7])
--- Clock: Redis TIME only (stream ids and the retention).
+-- Clock: Redis TIME only (the time part of stream ids, and the retention).
 -- Reply: {'ok', charged_milli, clamped_milli, user_entry_id, reply_entry_id, limit, used, reserved,
 --        previous_id, length} where previous_id is the newest message before this pair ('' when the
 --        chat had none, or its token counts are not kept) and length the stream's length after it, so a
@@ -57,10 +57,34 @@ chat.used = chat.used + charged
 resolve(deadlines, reservations, reservation_id, SETTLED, now, retention_ms)
 journal(journal_key, 'settle', reservation_id, charged, -granted, 0, clamped)
 
+-- Entry ids say where a message is: '<position>-<time ms>', the position counted from 0, so an offset
+-- page is an XRANGE from '<offset>' (history.lua) and the time is the message's (Redis clock). Only a
+-- stream whose newest entry sits at its own position takes them; a chat written with time ids ('*',
+-- before positions) keeps those, since its next id must be above them.
+local function next_position()
+  local length = redis.call('XLEN', msgs)
+  if length == 0 then
+    return 0
+  end
+  -- The meta's newest id while it is in step with the stream (it is the newest: the stream only grows).
+  local newest = chat.ctxlen == length and chat.last or nil
+  if not newest then
+    newest = redis.call('XREVRANGE', msgs, '+', '-', 'COUNT', 1)[1][1]
+  end
+  if string.match(newest, '^(%d+)%-') == int(length - 1) then
+    return length
+  end
+  return nil
+end
+local user_at, reply_at = '*', '*'
+local position = next_position()
+if position then
+  user_at, reply_at = int(position) .. '-' .. int(now), int(position + 1) .. '-' .. int(now)
+end
 -- Both entries carry the same fields so the stream's listpacks store the field names once.
-local user_id = redis.call('XADD', msgs, '*',
+local user_id = redis.call('XADD', msgs, user_at,
   'u', '1', 'c', user_content, 't', user_tokens, 'm', '0', 'f', '')
-local reply_id = redis.call('XADD', msgs, '*',
+local reply_id = redis.call('XADD', msgs, reply_at,
   'u', '0', 'c', reply_content, 't', reply_tokens, 'm', int(charged), 'f', flags)
 -- The packed counts price the next reserve's history without reading messages (reserve.lua), and
 -- ctxlen and last record the stream it follows. Settle is the only writer of the stream, so it follows

@@ -23,10 +23,7 @@ from service.openapi import Doc
 from service.requests import decode_query, path_chat_id
 
 NDJSON = "application/x-ndjson"
-# What the document lists: bytes first, which client generators read as a file (openapi-python-client
-# knows no NDJSON type and would leave the route out), then the type the answer carries.
-MEDIA_TYPES = ("application/octet-stream", NDJSON)
-CURSOR_PATTERN = r"^(?:[0-9]{1,17}\.[0-9a-f-]{36}\.(?:[0-9]{1,16}-[0-9]{1,10}|\+)?)?$"
+CURSOR_PATTERN = f"^(?:{ledger.EXPORT_CURSOR_PATTERN})?$"
 
 
 class ExportQuery(msgspec.Struct, frozen=True):
@@ -54,7 +51,7 @@ async def delete_chat(request: web.Request) -> web.Response:
                  description="Lines: `chat` (the admin chat object), then a `message` line per message of "
                  "it, then the next chat; `end` last, or `error` if the store failed midway. Each "
                  "line's `cursor`, sent back as `?cursor=`, resumes the export after that line.",
-                 query=ExportQuery, media_types=MEDIA_TYPES, errors=(404, 422)))  # fmt: skip
+                 query=ExportQuery, media_types=(NDJSON,), errors=(404, 422)))  # fmt: skip
 async def export_config(request: web.Request) -> web.Response:
     config_id = config_id_of(request)
     query = decode_query(request, ExportQuery)

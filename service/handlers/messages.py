@@ -41,6 +41,8 @@ async def answer_message(
                 return await stream_reply(request, config, chat_id, content, idempotency)
             settlement = await request.app[EXCHANGE].send(config, chat_id, content, idempotency)
     except ledger.ExchangeReplayed as replay:
+        # The first attempt may have been saved and never acknowledged (503 `not_replicated`).
+        await request.app[LEDGER].confirm_durable(chat_id)
         return json_response(message_out(chat_id, replay.message))
     return json_response(message_out(chat_id, settlement.ai_message))
 

@@ -12,7 +12,8 @@ budget on the wire (`ReplyStream` for streams, `cut_to_budget` for whole replies
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from typing import TYPE_CHECKING, Annotated, Protocol, runtime_checkable
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Annotated, Protocol, cast, runtime_checkable
 
 import msgspec
 
@@ -144,17 +145,18 @@ def cut_to_budget(text: str, max_tokens: int, count_tokens: TokenCounter) -> str
 class ReplyStream:
     """A reply the model has started to generate: from here on its prompt is spent.
 
-    Iterate `deltas()` for the text as it arrives; when it ends, `completion()` is the whole reply with
-    the upstream's usage (or the estimate, flagged). If it stops early (the client left, or the model
-    failed), `aclose()` cancels the upstream and `partial()` prices what was generated so far: the
-    prompt plus one token per delta received, never more than `max_tokens`, flagged truncated and
-    estimated. A model that goes on past `max_tokens` deltas is cut there, as if it had stopped.
+    Iterate `deltas()` (or `batches()`) for the text as it arrives; when it ends, `completion()` is the
+    whole reply with the upstream's usage (or the estimate, flagged). If it stops early (the client
+    left, or the model failed), `aclose()` cancels the upstream and `partial()` prices what was
+    generated so far: the prompt plus one token per delta received, never more than `max_tokens`,
+    flagged truncated and estimated. A model that goes on past `max_tokens` deltas is cut there, as if
+    it had stopped.
     """
 
     def __init__(
         self,
         request: CompletionRequest,
-        events: AsyncGenerator[str | StreamEnd, None],
+        events: AsyncGenerator[str | list[str] | StreamEnd, None],
         count_tokens: TokenCounter,
         *,
         token_per_delta: bool = True,
@@ -170,21 +172,36 @@ class ReplyStream:
         self._over_budget = False
 
     async def deltas(self) -> AsyncGenerator[str, None]:
-        """The reply's text pieces; raises ProviderError if the upstream fails or stops mid-way."""
+        """The reply's text pieces one by one (`batches()` unpacked)."""
+        async with aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for delta in batch:
+                    yield delta
+
+    async def batches(self) -> AsyncGenerator[list[str], None]:
+        """The reply's text pieces as they arrive, those that arrived together in one list, so a relay
+        can hand them on in one write; raises ProviderError if the upstream fails or stops mid-way."""
         # A reply relayed whole is one delta, already cut to the budget by its provider.
         budget = self.request.max_tokens if self._token_per_delta else None
         async for event in self._events:
             if isinstance(event, StreamEnd):
                 self._end = event
                 continue
-            if event:
+            batch: list[str] = []
+            for piece in (event,) if isinstance(event, str) else event:
+                if not piece:
+                    continue
                 if len(self._parts) == budget:
                     # A delta past the budget: the model ignores max_tokens. Nothing more is relayed
                     # (the chat cannot pay for it) and the upstream is closed below, which stops it.
                     self._over_budget = True
                     break
-                self._parts.append(event)
-                yield event
+                self._parts.append(piece)
+                batch.append(piece)
+            if batch:
+                yield batch
+            if self._over_budget:
+                break
         if self._over_budget:
             await self._events.aclose()
             self._end = StreamEnd(truncated=True)
@@ -271,8 +288,11 @@ class StreamingProvider(Provider, Protocol):
 
 async def open_stream(provider: Provider, request: CompletionRequest) -> ReplyStream:
     """The provider's own stream, or its whole reply relayed as a single delta."""
-    if isinstance(provider, StreamingProvider):
-        return await provider.open_stream(request)
+    # Not isinstance(provider, StreamingProvider): a runtime protocol check walks every member of the
+    # protocol on each call, and only this one tells a streaming provider apart.
+    open_own = getattr(provider, "open_stream", None)
+    if callable(open_own):
+        return cast(ReplyStream, await open_own(request))
     completion = await provider.complete(request)
     return ReplyStream(request, _whole(completion), provider.count_tokens, token_per_delta=False)
 

@@ -2,9 +2,10 @@
 
 OpenAI, vLLM, Ollama, the llama.cpp server and LiteLLM all serve `POST {base_url}/chat/completions` with
 the same body and the same answers: one JSON object, or Server-Sent Events of `chat.completion.chunk`
-objects ending with `data: [DONE]`. This module speaks that wire format with the process's one pooled
-aiohttp session (style.md 9), sends the hold's reply budget as `max_tokens` so the model cannot spend
-past what the chat can pay, and asks for `usage` in streams (`stream_options.include_usage`).
+objects ending with `data: [DONE]`. This module speaks that wire format with the process's one pool
+of keep-alive connections (service/providers/http.py), sends the hold's reply budget as `max_tokens`
+so the model cannot spend past what the chat can pay, and asks for `usage` in streams
+(`stream_options.include_usage`).
 
 Failures before the first byte of a 200 answer (connect errors, timeouts, 408/409/429/5xx) are retried
 a bounded number of times with a doubling backoff; after the first byte nothing is retried, because the
@@ -19,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from typing import Any, Final, Literal
 
-import aiohttp
 import msgspec
 import structlog
 
@@ -39,6 +38,7 @@ from service.providers import (
     cut_to_budget,
     estimate_prompt_tokens,
 )
+from service.providers.http import HttpPool, Response
 from service.settings import Settings, SettingsError
 
 log = structlog.get_logger(__name__)
@@ -157,22 +157,20 @@ class OpenAIProvider:
         self._total_timeout_s = total_timeout_s
         self._max_retries = max_retries
         self._retry_backoff_s = retry_backoff_s
-        headers = {"User-Agent": f"chatledger/{service.__version__}"}
+        headers = {"User-Agent": f"chatledger/{service.__version__}", "Content-Type": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        # One pooled session per process: connections to the upstream are reused across requests.
-        # aiohttp's `connect` bounds the wait for a free connection of the pool plus the opening of a
-        # new one; sock_read bounds every wait for bytes, the first one included; the total is
-        # enforced per exchange (across retries and the whole stream), not per HTTP request.
-        self._session = aiohttp.ClientSession(
-            headers=headers,
-            connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=0),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=pool_wait_s + connect_timeout_s,
-                sock_connect=connect_timeout_s,
-                sock_read=read_timeout_s,
-            ),
+        # One pool per process: connections to the upstream are reused across requests, at most
+        # `pool_size` at once; a call waits for a free one at most `pool_wait_s`. The read timeout
+        # bounds every wait for bytes, the first one included; the total is enforced per exchange
+        # (across retries and the whole stream), not per HTTP request.
+        self._pool = HttpPool(
+            self.url,
+            headers,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            limit=pool_size,
+            wait_s=pool_wait_s,
         )
 
     @classmethod
@@ -196,18 +194,17 @@ class OpenAIProvider:
         return estimate_tokens(text)
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._pool.close()
 
     # --- whole replies -------------------------------------------------------------------------------
     async def complete(self, request: CompletionRequest) -> Completion:
         deadline = self._deadline()
         response = await self._post(self.body(request, stream=False), stream=False, deadline=deadline)
         try:
-            async with asyncio.timeout_at(deadline):
-                raw = await response.read()
+            raw = await response.read(deadline)
         except TimeoutError as exc:
             raise ProviderTimeout("The model did not finish its answer in time.") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise ProviderError("The model's answer was cut off.") from exc
         finally:
             response.release()
@@ -255,39 +252,39 @@ class OpenAIProvider:
         return ReplyStream(request, self._stream_events(response, deadline), self.count_tokens)
 
     async def _stream_events(
-        self, response: aiohttp.ClientResponse, deadline: float
-    ) -> AsyncGenerator[str | StreamEnd, None]:
-        """Deltas of choice 0, then one StreamEnd. The response is closed however this ends, which is
-        what cancels the generation upstream when the caller stops early."""
-        finish: str | None = None
-        usage: Usage | Literal["rejected"] | None = None
-        done = False
+        self, response: Response, deadline: float
+    ) -> AsyncGenerator[list[str] | StreamEnd, None]:
+        """Deltas of choice 0, those of one network read in one list, then one StreamEnd. The response
+        is closed however this ends, which is what cancels the generation upstream when the caller
+        stops early."""
+        state = _StreamState()
+        events = _SseEvents()
         try:
-            async with aclosing(_sse_data(response, deadline)) as events:
-                async for data in events:
-                    if data == "[DONE]":
-                        done = True
-                        break
-                    chunk = _decode_chunk(data)
-                    usage = _usage_of(chunk.usage) or usage
-                    for choice in chunk.choices or ():
-                        if choice.index != 0:
-                            continue
-                        if choice.delta is not None and choice.delta.content:
-                            yield choice.delta.content
-                        finish = choice.finish_reason or finish
-            if not done and finish is None:
+            while not state.done:
+                raw = await _read_some(response, deadline)
+                deltas: list[str] = []
+                try:
+                    state.read(events.feed(raw) if raw else events.close(), deltas)
+                except ProviderError:
+                    if deltas:  # what came before the failure in the same read is the client's
+                        yield deltas
+                    raise
+                if deltas:
+                    yield deltas
+                if not raw:
+                    break
+            if not state.done and state.finish is None:
                 raise ProviderError("The model's stream was cut before the reply was complete.")
         finally:
             # Fully read: back to the pool. Anything else: drop the connection, so the upstream stops.
-            if done:
+            if state.done:
                 response.release()
             else:
                 response.close()
         yield StreamEnd(
-            truncated=finish == "length",
-            usage=usage if isinstance(usage, Usage) else None,
-            usage_rejected=usage is _REJECTED,
+            truncated=state.finish == "length",
+            usage=state.usage if isinstance(state.usage, Usage) else None,
+            usage_rejected=state.usage is _REJECTED,
         )
 
     # --- the request ---------------------------------------------------------------------------------
@@ -315,7 +312,7 @@ class OpenAIProvider:
     def _deadline(self) -> float:
         return asyncio.get_running_loop().time() + self._total_timeout_s
 
-    async def _post(self, body: bytes, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
+    async def _post(self, body: bytes, *, stream: bool, deadline: float) -> Response:
         """The upstream's 200 answer, its body not yet read; retried only up to here."""
         attempt = 0
         while True:
@@ -330,18 +327,14 @@ class OpenAIProvider:
                 log.warning("upstream_retry", attempt=attempt, reason=str(retry.failure), delay_s=delay_s)
                 await asyncio.sleep(delay_s)
 
-    async def _post_once(self, body: bytes, *, stream: bool, deadline: float) -> aiohttp.ClientResponse:
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-        }
+    async def _post_once(self, body: bytes, *, stream: bool, deadline: float) -> Response:
+        accept = "text/event-stream" if stream else "application/json"
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._session.post(self.url, data=body, headers=headers)
-        # aiohttp's own timeouts are TimeoutErrors too, and ClientErrors: this clause must come first.
+            response = await self._pool.post(body, accept=accept, deadline=deadline)
+        # The pool's timeouts are TimeoutErrors, which are OSErrors too: this clause must come first.
         except TimeoutError as exc:
             raise _Retry(ProviderTimeout("The model did not answer in time.")) from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise _Retry(ProviderError(f"Could not reach the model ({type(exc).__name__}).")) from exc
         if response.status == 200:
             return response
@@ -354,9 +347,9 @@ class OpenAIProvider:
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float:
-    """The upstream's Retry-After in seconds (only the number form), or 0."""
+    """The upstream's Retry-After in seconds (only the number form), or 0; `headers` names lowercased."""
     try:
-        return max(float(headers.get("Retry-After", "0")), 0.0)
+        return max(float(headers.get("retry-after", "0")), 0.0)
     except ValueError:
         return 0.0
 
@@ -371,35 +364,72 @@ def _decode_chunk(data: str) -> _Chunk:
     return chunk
 
 
-async def _sse_data(response: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[str, None]:
-    """The `data` of each Server-Sent Event (multi-line data joined), comments and other fields skipped."""
-    data: list[str] = []
-    while True:
-        line = await _read_line(response, deadline)
-        if line is None or not line.strip("\r\n"):
-            if data:
-                yield "\n".join(data)
-                data = []
-            if line is None:
+class _StreamState:
+    """What a stream said so far besides its text: how it finished, its usage, whether it is done."""
+
+    def __init__(self) -> None:
+        self.finish: str | None = None
+        self.usage: Usage | Literal["rejected"] | None = None
+        self.done = False
+
+    def read(self, events: Iterable[str], deltas: list[str]) -> None:
+        """Take in `events` (each one's `data`), appending choice 0's text to `deltas`, up to [DONE]."""
+        for data in events:
+            if data == "[DONE]":
+                self.done = True
                 return
-            continue
-        field, _, value = line.rstrip("\r\n").partition(":")
-        if field == "data":
-            data.append(value.removeprefix(" "))
+            chunk = _decode_chunk(data)
+            self.usage = _usage_of(chunk.usage) or self.usage
+            for choice in chunk.choices or ():
+                if choice.index != 0:
+                    continue
+                if choice.delta is not None and choice.delta.content:
+                    deltas.append(choice.delta.content)
+                self.finish = choice.finish_reason or self.finish
 
 
-async def _read_line(response: aiohttp.ClientResponse, deadline: float) -> str | None:
-    """One line of the body, None at its end; a stall past the read timeout or the deadline raises."""
+class _SseEvents:
+    """Server-Sent Events parsed as their bytes arrive: the `data` of each event (multi-line data
+    joined), comments and other fields skipped. Fed whatever one read returned, it answers every event
+    that read completed, so a burst of chunks costs one pass, not a wait per line."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._data: list[str] = []
+
+    def feed(self, raw: bytes) -> Iterator[str]:
+        lines = (self._rest + raw).split(b"\n")
+        self._rest = lines.pop()
+        return self._events(lines)
+
+    def close(self) -> Iterator[str]:
+        """The body ended: its last line counts even without a newline, and ends its event."""
+        lines, self._rest = [self._rest, b""], b""
+        return self._events(lines)
+
+    def _events(self, lines: list[bytes]) -> Iterator[str]:
+        """Lazily, so an event after a broken one is not read before the broken one is reported."""
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if not line:
+                if self._data:
+                    yield "\n".join(self._data)
+                    self._data = []
+                continue
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                try:
+                    self._data.append(value.removeprefix(b" ").decode())
+                except UnicodeDecodeError as exc:
+                    raise ProviderError("The model's stream was not UTF-8.") from exc
+
+
+async def _read_some(response: Response, deadline: float) -> bytes:
+    """What the body has for us now (waiting for at least a byte), b"" at its end; a stall past the
+    read timeout or the deadline raises."""
     try:
-        async with asyncio.timeout_at(deadline):
-            raw = await response.content.readline()
+        return await response.read_some(deadline)
     except TimeoutError as exc:
         raise ProviderTimeout("The model stopped sending its reply.") from exc
-    except (aiohttp.ClientError, ValueError) as exc:
+    except OSError as exc:
         raise ProviderError("The model's stream was cut before the reply was complete.") from exc
-    if not raw:
-        return None
-    try:
-        return raw.decode()
-    except UnicodeDecodeError as exc:
-        raise ProviderError("The model's stream was not UTF-8.") from exc

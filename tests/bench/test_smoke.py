@@ -26,6 +26,8 @@ ROWS = [
     "History first page",
     "History cursor page from the middle",
     "History offset page in the middle",
+    "History page of 50 at offset",
+    "Slowest Redis call of the API's requests",
     "Redis round trips per message |",
     "Redis memory per message sent through the API",
     "Redis memory per message, history stream alone",
@@ -35,6 +37,8 @@ ROWS = [
     "`openai` provider, non-streamed, against the offline model",
     "`openai` provider, streamed against non-streamed",
     "Fairness, 1 worker, share 32:",
+    "`POST /chats/messages/`, 2 workers, `CHATLEDGER_DURABILITY=replica`",
+    "`CHATLEDGER_DURABILITY=replica`, p99 latency",
 ]
 
 

@@ -56,6 +56,10 @@ def generation(
         document.write_bytes(response.read())
     generator = shutil.which("openapi-python-client", path=str(Path(sys.executable).parent))
     assert generator is not None, "openapi-python-client is a dev dependency"
+    # The export's NDJSON is bytes to a generated client: the generator reads only JSON, text and bytes,
+    # and takes this mapping, as a client's own generation would (docs/operations.md).
+    config = directory / "generator.yaml"
+    config.write_text("content_type_overrides:\n  application/x-ndjson: application/octet-stream\n")
     # The generator formats its output with ruff, which it looks for on PATH.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
@@ -66,6 +70,8 @@ def generation(
             str(document),
             "--meta",
             "none",
+            "--config",
+            str(config),
             "--output-path",
             str(directory / PACKAGE),
         ],

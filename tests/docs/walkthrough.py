@@ -25,13 +25,13 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 _VOLATILE = re.compile(
     r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
     r"|(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"
-    r"|(?P<message_id>\d{16}-\d{6})"
+    r"|(?P<message_id>\d{16}-\d{6,19})"
     r"|(?P<elided>\.\.\.)"
 )
 _FORMS = {
     "uuid": r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
     "time": r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
-    "message_id": r"\d{16}-\d{6}",
+    "message_id": r"\d{16}-\d{6,19}",
     "elided": r".*?",
 }
 _STATUS_LINE = re.compile(r"HTTP/1\.1 (\d{3}) ")

@@ -22,7 +22,7 @@ def _call(ledger: Ledger, config: ConfigRecord, chat_id: str, count_max: int, ho
         keys=ledger.keys.chat_keys(chat_id),
         config_id=config.config_id,
         reservation_id=hold,
-        numbers=(1000, 1000, 1000, 1, 10_000, count_max, 60_000, 60_000, 60_000),
+        numbers=(1000, 1000, 1000, 1, 10_000, count_max, 60_000, 60_000, 60_000, 1),
         count_max=count_max,
         tokens_max=10_000,
     )

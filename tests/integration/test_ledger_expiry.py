@@ -12,11 +12,11 @@ from redis.asyncio import Redis
 from ledger import (
     ConfigRecord,
     HistoryQuery,
-    InsufficientTokens,
     Keyspace,
     Ledger,
     LedgerLimits,
     ReservationExpired,
+    TokensHeld,
 )
 from tests.integration.helpers import meta_field, reserve, settle
 
@@ -59,7 +59,7 @@ class TestExpiry:
         chat = await ledger.create_chat(config, 50_000)
         held = await reserve(short, config, chat.chat_id)
         assert held.granted_milli == 50_000
-        with pytest.raises(InsufficientTokens):
+        with pytest.raises(TokensHeld):
             await reserve(ledger, config, chat.chat_id)
         await asyncio.sleep(2 * SHORT_TTL_MS / 1000)
         assert (await reserve(ledger, config, chat.chat_id)).granted_milli == 50_000

@@ -12,6 +12,7 @@ from ledger import (
     Keyspace,
     Ledger,
     TenantStore,
+    TokensHeld,
 )
 from tests.integration.helpers import chat_snapshot, reserve, settle
 
@@ -104,13 +105,15 @@ class TestReserve:
         state = await ledger.get_chat(config.config_id, chat.chat_id)
         assert state.reserved_milli == state.limit_milli
 
-    async def test_open_holds_count_toward_insufficient(self, ledger: Ledger, config: ConfigRecord) -> None:
-        """A chat whose budget is held by another exchange answers InsufficientTokens with that figure."""
+    async def test_open_holds_are_held_not_spent(self, ledger: Ledger, config: ConfigRecord) -> None:
+        """A chat whose budget is held by another exchange, none of it spent, answers TokensHeld (a
+        retry may pass), not InsufficientTokens, with the figures."""
         chat = await ledger.create_chat(config, 20_000)
         await reserve(ledger, config, chat.chat_id, prompt_tokens=5, completion_tokens_max=100)
-        with pytest.raises(InsufficientTokens) as raised:
+        with pytest.raises(TokensHeld) as raised:
             await reserve(ledger, config, chat.chat_id, prompt_tokens=1)
-        assert (raised.value.available_milli, raised.value.used_milli) == (0, 0)
+        held = raised.value
+        assert (held.available_milli, held.used_milli, held.reserved_milli) == (0, 0, 20_000)
 
     async def test_context_is_recent_history_oldest_first(self, ledger: Ledger, config: ConfigRecord) -> None:
         """The context is the newest messages that fit history_count_max, oldest first, priced in."""
@@ -224,7 +227,9 @@ class TestWeights:
         """With free replies, 402 comes only when the weighted prompt is not payable."""
         config = await self._config(tenants, 1500, 0)
         chat = await ledger.create_chat(config, 15_000)
-        assert (await reserve(ledger, config, chat.chat_id, prompt_tokens=10)).granted_milli == 15_000
+        held = await reserve(ledger, config, chat.chat_id, prompt_tokens=10)
+        assert held.granted_milli == 15_000
+        await settle(ledger, held, charge_milli=15_000)
         with pytest.raises(InsufficientTokens) as raised:
             await reserve(ledger, config, chat.chat_id, prompt_tokens=1)
         assert (raised.value.available_milli, raised.value.needed_milli) == (0, 1500)

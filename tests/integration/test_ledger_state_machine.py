@@ -40,6 +40,7 @@ from ledger import (
     ReservationNotFound,
     Settlement,
     TenantStore,
+    TokensHeld,
     connect,
 )
 from tests.redis_servers import RedisServer
@@ -167,7 +168,7 @@ class LedgerMachine(RuleBasedStateMachine):
         started = _now_ms()
         try:
             result: T | BaseException = self.run(operation)
-        except (InsufficientTokens, ReservationError) as exc:
+        except (InsufficientTokens, TokensHeld, ReservationError) as exc:
             result = exc
         finished = _now_ms()
         short_holds = sorted(
@@ -226,7 +227,9 @@ class LedgerMachine(RuleBasedStateMachine):
         available = model.limit - model.used - model.reserved
         needed = prompt + config.completion_weight_milli
         if available < needed:
-            assert isinstance(result, InsufficientTokens), result
+            # 402 only when the chat cannot pay with nothing held; else its tokens are only held.
+            refusal = InsufficientTokens if model.limit - model.used < needed else TokensHeld
+            assert isinstance(result, refusal), result
             assert (result.available_milli, result.needed_milli) == (available, needed)
             assert (result.limit_milli, result.used_milli) == (model.limit, model.used)
             return

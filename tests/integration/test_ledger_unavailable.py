@@ -13,6 +13,7 @@ import redis.exceptions
 
 from ledger import (
     ConfigRecord,
+    Durability,
     HistoryQuery,
     Keyspace,
     Ledger,
@@ -39,10 +40,10 @@ CALLS: dict[str, Callable[[Ledger], Awaitable[object]]] = {
     "top_up": lambda book: book.top_up(CONFIG.config_id, CHAT, 1000),
     "delete_chat": lambda book: book.delete_chat(CONFIG.config_id, CHAT),
     "restore_chat": lambda book: book.restore_chat(CHAT),
+    "inspect_chat": lambda book: book.inspect_chat(CHAT),
     "list_chats": lambda book: book.list_chats(CONFIG.config_id, offset=0, limit=10),
     "read_journal": lambda book: book.read_journal(CHAT),
     "reconcile": lambda book: book.reconcile(CHAT),
-    "inspect_chat": lambda book: book.inspect_chat(CHAT),
     "erase_chat": lambda book: book.erase_chat(CHAT),
     "erase_config": lambda book: book.erase_config(CONFIG.config_id),
     "config_exists": lambda book: book.config_exists(CONFIG.config_id),
@@ -57,6 +58,7 @@ CALLS: dict[str, Callable[[Ledger], Awaitable[object]]] = {
     ),
     "void": lambda book: book.void(HOLD),
     "read_history": lambda book: book.read_history(None, CHAT, HistoryQuery(limit=10)),
+    "confirm_durable": lambda book: book.confirm_durable(CHAT),
 }
 
 
@@ -66,9 +68,10 @@ def _public_methods(cls: type) -> set[str]:
 
 @pytest_asyncio.fixture
 async def nowhere() -> AsyncIterator[RedisClient]:
-    """A client of a port nothing listens on: every command fails to connect."""
+    """A client of a port nothing listens on: every command fails to connect. Durable, so the writes'
+    own path (ledger/durable.py) is covered too, and confirm_durable has something to do."""
     (port,) = free_ports(1)
-    client = connect(f"redis://127.0.0.1:{port}/0")
+    client = connect(f"redis://127.0.0.1:{port}/0", durability=Durability(1, 100))
     try:
         yield client
     finally:

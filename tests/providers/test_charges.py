@@ -298,7 +298,9 @@ class TestNeverReservesMoreThanTheChatCanPay:
         """Each message of 100 tokens stays in the context; the hold prices it, so max_tokens falls
         from the config's 512 to what is left (200), and the message after that is refused with 402
         before any upstream call, with used never above the limit."""
-        settings = upstream.settings(history_tokens=100_000, history_messages=100)
+        # One share: each hold may take everything free, so max_tokens is what the history leaves (with
+        # more shares, a hold of this budget is a share of it: tests/integration/test_held_is_not_spent.py).
+        settings = upstream.settings(history_tokens=100_000, history_messages=100, hold_shares=1)
         api, _config = await upstream.api(settings=settings)
         chat = (await api.create_chat(3000))["chat_id"]
         content = "word " * 100

@@ -117,7 +117,7 @@ class TestThePool:
         self, upstream: Upstream
     ) -> None:
         """With 2 connections to the model server, both held by A's hanging calls, B's call waits at
-        most the pool wait plus the connect timeout, then fails as the model not answering (504, no
+        most the pool wait, then fails as the model not answering (504, no
         charge) instead of waiting for its exchange's deadline; A's calls end well once released."""
         settings = upstream.settings(
             openai_pool_size=2,

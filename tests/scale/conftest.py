@@ -35,7 +35,8 @@ def base_env(**settings: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("CHATLEDGER_") and k not in ("REDIS_URL", "REDIS_CLUSTER_URL")
+        if not k.startswith("CHATLEDGER_")
+        and k not in ("REDIS_URL", "REDIS_CLUSTER_URL", "REDIS_SENTINEL_URL")
     }
     env["CHATLEDGER_LOG_FORMAT"] = "json"
     env.update(settings)

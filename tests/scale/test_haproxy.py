@@ -89,18 +89,27 @@ class TestBehindHAProxy:
     async def test_1000_concurrent_messages_to_20_chats(
         self, run_local: Any, backend: tuple[RedisClient, dict[str, str]]
     ) -> None:
-        """Every answer is 200 or 402; per chat, token_used <= token_limit, the 200s' charges add up to
+        """Every answer is 200, 402 (the chat cannot pay) or 429 `tokens_held` (it could, but messages in
+        flight hold its tokens); per chat, token_used <= token_limit, the 200s' charges add up to
         token_used, nothing stays reserved, and the history is exactly the successes, each as a user
-        message followed by its own reply. All three workers served."""
+        message followed by its own reply. All three workers served. The config's share of model calls
+        is above the burst, which is about the chats' tokens."""
         redis, setting = backend
         tenants = TenantStore(redis, KEYS)
         config = await tenants.create_config(
-            agent_name="Scale", company_name="Test", max_output_tokens=MAX_OUTPUT_TOKENS
+            agent_name="Scale",
+            company_name="Test",
+            max_output_tokens=MAX_OUTPUT_TOKENS,
+            model_calls_max=MESSAGES,
         )
         api_key = (await tenants.issue_key(config.config_id)).api_key
         lb_port, *worker_ports = free_ports(1 + WORKERS)
         deployment: LocalDeployment = run_local(
-            lb_port, worker_ports, CHATLEDGER_KEY_PREFIX=PREFIX, CHATLEDGER_LOG_LEVEL="warning", **setting
+            lb_port,
+            worker_ports,
+            CHATLEDGER_KEY_PREFIX=PREFIX,
+            CHATLEDGER_LOG_LEVEL="warning",
+            **setting,
         )
         url = deployment.url
         connector = aiohttp.TCPConnector(limit=CLIENT_CONNECTIONS)
@@ -119,8 +128,10 @@ class TestBehindHAProxy:
             )
 
             statuses = Counter(sent.status for sent in results)
-            assert set(statuses) <= {200, 402}, statuses
+            assert set(statuses) <= {200, 402, 429}, statuses
             assert all(sent.body["code"] == "insufficient_tokens" for sent in results if sent.status == 402)
+            refused = Counter(sent.body["code"] for sent in results if sent.status == 429)
+            assert set(refused) <= {"tokens_held"}, refused
             served = Counter(sent.worker for sent in results)
             assert set(served) == {f"worker{n}" for n in range(1, WORKERS + 1)}, served
             for chat_id in chat_ids:

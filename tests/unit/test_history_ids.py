@@ -1,4 +1,4 @@
-"""Message ids: padded stream ids that sort as strings in time order (ledger/history.py)."""
+"""Message ids: padded stream ids that sort as strings in the chat's order (ledger/history.py)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class TestParseMessageId:
             "0x10-0",
             "1e3-0",
             "17000000000000000-0",
-            "1-12345678901",
+            "1-12345678901234567890",
             "١٢٣-٠",
             "1-*",
             "$",
@@ -101,6 +101,15 @@ class TestDecodeEntry:
         assert message.charged_milli == 12500
         assert message.flags == "ts"
         assert message.timestamp_ms == 1700000000123
+
+    def test_a_positional_id_has_its_time_second(self) -> None:
+        """`<position>-<time ms>` (settle.lua): the timestamp is the second part; ids sort by the first."""
+        message = decode_entry(["42-1764770000123", ["u", "1", "c", "", "t", "0", "m", "0", "f", ""]])
+        assert message.message_id == "0000000000000042-1764770000123"
+        assert message.timestamp_ms == 1764770000123
+        assert parse_message_id(message.message_id) == "42-1764770000123"
+        later = decode_entry(["43-1764770000001", ["u", "0", "c", "", "t", "0", "m", "0", "f", ""]])
+        assert message.message_id < later.message_id
 
     def test_user_flag(self) -> None:
         """`u` = "1" marks the user's message."""

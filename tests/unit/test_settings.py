@@ -38,6 +38,16 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "base_path": ["/chats/{id}", "/a b", "/" + "p" * 201],
     "redis_url": ["http://localhost:6379", "redis://localhost:notaport", "redis://localhost:6379/zero", "x"],
     "redis_cluster_url": ["unix:///tmp/redis.sock", "redis://:70000", "redis://"],
+    "redis_sentinel_url": [
+        "redis://a:26379/svc",
+        "redis+sentinel://a:26379",
+        "redis+sentinel://a:0/svc",
+        "redis+sentinel://a/svc",
+        "redis+sentinel://a:1,b/svc",
+        "redis+sentinel://a:1/svc/zero",
+    ],
+    "durability": ["replicas", "all"],
+    "durability_timeout_ms": ["0", "10001"],
     "workers": ["0", "129"],
     "shutdown_timeout_s": ["0", "3601", "nan"],
     "header_timeout_s": ["0", "301", "inf"],
@@ -45,6 +55,7 @@ OUT_OF_RANGE: dict[str, list[str]] = {
     "max_in_flight": ["0", "100001", "many"],
     "model_calls_per_config": ["0", "100001", "1.5"],
     "message_delay_ms": ["-1", "600001"],
+    "hold_shares": ["0", "65", "half"],
     "key_prefix": ["a{b}", "k" * 33, "has space"],
     "log_format": ["xml"],
     "log_level": ["verbose"],
@@ -83,8 +94,8 @@ def serve(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     bounded, so a serve that wrongly starts fails the test."""
     (port,) = free_ports(1)
     env = {"CHATLEDGER_PORT": str(port), **env}
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("CHATLEDGER_") and k not in ("REDIS_URL", "REDIS_CLUSTER_URL")}  # fmt: skip
+    redis_urls = ("REDIS_URL", "REDIS_CLUSTER_URL", "REDIS_SENTINEL_URL")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHATLEDGER_") and k not in redis_urls}
     command = [sys.executable, "-m", "service", "serve"]
     return subprocess.run(
         command, env={**clean, **env}, capture_output=True, text=True, timeout=SERVE_BOUND_S, cwd=ROOT
