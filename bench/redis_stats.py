@@ -98,6 +98,15 @@ async def used_memory(client: ledger.RedisClient) -> int:
     return int(info["used_memory"])
 
 
+async def stored_memory(client: ledger.RedisClient) -> tuple[int, int]:
+    """(used_memory without the clients' connection buffers, those buffers): what the data takes,
+    apart from the connections that the load's servers open and keep during a measurement (the bare
+    baselines' pools grow to one connection per load connection, tens of KB each)."""
+    info = await client.info("memory")
+    clients = int(info["mem_clients_normal"])
+    return int(info["used_memory"]) - clients, clients
+
+
 # Sums the bytes of the content field (`c`, the 4th value of the u,c,t,m,f layout) of every entry of a
 # stream, a chunk per XRANGE so memory stays bounded; returns {entries, bytes}.
 CONTENT_BYTES_SCRIPT = """

@@ -245,31 +245,56 @@ class Chats:
     async def read_journal(
         self, chat_id: str, *, after: str | None = None, count: int = 100
     ) -> list[JournalEntry]:
-        """Journal entries oldest first, after the raw entry id `after` (exclusive) when given."""
+        """Journal entries oldest first, after the raw entry id `after` (exclusive) when given. From
+        the start, a journal whose old entries were folded begins with their checkpoint (op
+        `checkpoint`, id of the newest folded entry, deltas their sums: design.md section 12)."""
+        checkpoint = None if after else (await self._checkpoint(chat_id))[0]
         start = f"({after}" if after else "-"
-        raw = await self.redis.xrange(self.keys.chat_journal(chat_id), min=start, max="+", count=count)
+        raw = await self.redis.xrange(
+            self.keys.chat_journal(chat_id), min=start, max="+", count=count - (checkpoint is not None)
+        )
         # The client decodes responses: ids and fields are str.
-        entries = cast(list[tuple[str, dict[str, str]]], raw)
-        return [_journal_entry(entry_id, fields) for entry_id, fields in entries]
+        entries = [_journal_entry(entry_id, fields) for entry_id, fields in cast(_Entries, raw)]
+        return [checkpoint, *entries] if checkpoint else entries
+
+    async def _checkpoint(self, chat_id: str) -> tuple[JournalEntry | None, int, int]:
+        """The journal's checkpoint (None before the first fold), the entries it folded and how many of
+        them were expiries."""
+        names = ("jto", "jdu", "jdr", "jdl", "jsf", "jn", "jex")
+        values = await self.redis.hmget(self.keys.chat_meta(chat_id), list(names))
+        if values[0] is None:
+            return None, 0, 0
+        entry_id, *sums = cast(list[str], values)
+        fields = {"op": "checkpoint", "rid": "", **dict(zip(("du", "dr", "dl", "sf"), sums[:4], strict=True))}
+        return _journal_entry(entry_id, fields), int(sums[4]), int(sums[5])
 
     @wrap_redis_errors
     async def reconcile(self, chat_id: str) -> Reconciliation:
-        """Add up the whole journal and compare it with the chat's counters. Reads in pages, so it is
-        O(entries) in time but not in memory; the counters are read after the journal, so a chat that
-        is moving may not reconcile until it is still. Holds past their deadline are expired first
-        (inspect_chat), so neither side counts them as reserved."""
+        """Add up the checkpoint and the journal after it and compare them with the chat's counters.
+        Reads in pages, so it is O(entries) in time but not in memory; the checkpoint is read again
+        after the journal, and the whole read again if a fold moved it meanwhile. The counters are read
+        last, so a chat that is moving may not reconcile until it is still. Holds past their deadline
+        are expired first (inspect_chat), so neither side counts them as reserved."""
         await self.inspect_chat(chat_id)
-        used = reserved = limit = clamped = expired = entries = 0
-        after: str | None = None
-        while batch := await self.read_journal(chat_id, after=after, count=1000):
-            for entry in batch:
-                used += entry.used_delta_milli
-                reserved += entry.reserved_delta_milli
-                limit += entry.limit_delta_milli
-                clamped += entry.clamped_milli
-                expired += entry.op == "expire"
-            entries += len(batch)
-            after = batch[-1].entry_id
+        while True:
+            checkpoint, folded, expired = await self._checkpoint(chat_id)
+            used = reserved = limit = clamped = 0
+            if checkpoint is not None:
+                used, reserved = checkpoint.used_delta_milli, checkpoint.reserved_delta_milli
+                limit, clamped = checkpoint.limit_delta_milli, checkpoint.clamped_milli
+            entries = folded
+            after = checkpoint.entry_id if checkpoint else None
+            while batch := await self.read_journal(chat_id, after=after or "0-0", count=1000):
+                for entry in batch:
+                    used += entry.used_delta_milli
+                    reserved += entry.reserved_delta_milli
+                    limit += entry.limit_delta_milli
+                    clamped += entry.clamped_milli
+                    expired += entry.op == "expire"
+                entries += len(batch)
+                after = batch[-1].entry_id
+            if (await self._checkpoint(chat_id))[0] == checkpoint:
+                break
         return Reconciliation(
             chat=await self.get_chat(None, chat_id),
             entries=entries,
@@ -279,6 +304,9 @@ class Chats:
             expired=expired,
             clamped_milli=clamped,
         )
+
+
+_Entries = list[tuple[str, dict[str, str]]]
 
 
 def chat_from_hash(chat_id: str, fields: dict[str, str]) -> ChatState:

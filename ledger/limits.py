@@ -27,6 +27,16 @@ ERASE_RECORDS_MAX = 1000
 # worker's memory and each command whatever the config's size.
 CHATS_BATCH = 100
 
+# A chat's journal keeps at least this many newest entries one by one; once it holds JOURNAL_FOLD_BATCH
+# more, all older ones are folded into its checkpoint (ledger/lua/_prelude.lua), so the journal's memory
+# is bounded per chat (a listpack of at most a few KB) while its sums stay exact.
+JOURNAL_KEPT = 16
+JOURNAL_FOLD_BATCH = 32
+
+# Bytes of a chat's latest settled and voided hold ids kept (14 ids at least) so a replayed settle or
+# void is recognised; the holds' own records go when they are resolved.
+RESOLVED_BYTES = 512
+
 # Entries skipped per XRANGE call when history.lua walks to an offset: bounds the Lua memory of a deep page.
 HISTORY_SKIP_CHUNK = 500
 

@@ -23,7 +23,10 @@ from ledger.limits import (
     ERASE_RECORDS_MAX,
     HISTORY_SKIP_CHUNK,
     HOLD_REPLY_FLOOR_TOKENS,
+    JOURNAL_FOLD_BATCH,
+    JOURNAL_KEPT,
     REAP_BATCH_MAX,
+    RESOLVED_BYTES,
 )
 from ledger.multiplex import Command
 
@@ -43,7 +46,10 @@ SCRIPT_NAMES = (
 # The scripts that move money or history: with a durability, each waits for a replica's acknowledgement
 # (ledger/durable.py). A reserve does not: a hold lost with its primary is caught by the settle, which
 # then finds no reservation and charges nothing.
-DURABLE_SCRIPTS = frozenset({"create_chat", "settle", "void", "top_up", "delete_chat", "restore_chat"})
+# An erasure waits too: acknowledged, it must not come back with a promoted replica.
+DURABLE_SCRIPTS = frozenset(
+    {"create_chat", "settle", "void", "top_up", "delete_chat", "restore_chat", "erase_chat"}
+)
 
 
 class ContextMode(enum.StrEnum):
@@ -70,6 +76,8 @@ def script_source(name: str) -> str:
         f"local CONTEXT_TOKENS_KEPT = {CONTEXT_TOKENS_KEPT}\n"
         f"local CONTEXT_TOKENS_SLACK = {CONTEXT_TOKENS_SLACK}\n"
         f"local ERASE_RECORDS_MAX = {ERASE_RECORDS_MAX}\n"
+        f"local JOURNAL_KEPT = {JOURNAL_KEPT}\nlocal JOURNAL_FOLD_BATCH = {JOURNAL_FOLD_BATCH}\n"
+        f"local RESOLVED_BYTES = {RESOLVED_BYTES}\n"
         f"local HOLD_REPLY_FLOOR_TOKENS = {HOLD_REPLY_FLOOR_TOKENS}\n"
     ) + "".join(f"local CONTEXT_{mode.name} = '{mode.value}'\n" for mode in ContextMode)
     return constants + _read("_prelude") + "\n" + _read(name)

@@ -26,31 +26,41 @@ log = structlog.get_logger("chatledger")
 
 # Chats one pass erases at most: the rest waits for the next pass.
 PASS_CHATS_MAX = 1000
+# How long shutdown waits for a pass in progress before it cancels it.
+STOP_WAIT_S = 5.0
 
 
 async def retention_pass(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: the loop runs while the app does, when retention is on."""
+    """Cleanup context: the loop runs while the app does, when retention is on. At shutdown it is asked
+    to stop and given the end of its pass, rather than cancelled in the middle of a Redis command."""
     settings = app[SETTINGS]
     if settings.deleted_chat_retention_s <= 0:
         yield
         return
-    task = asyncio.create_task(
-        _loop(app[LEDGER], settings.deleted_chat_retention_s, settings.retention_interval_s)
-    )
+    stop = asyncio.Event()
+    loop = _loop(app[LEDGER], settings.deleted_chat_retention_s, settings.retention_interval_s, stop)
+    task = asyncio.create_task(loop)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), STOP_WAIT_S)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
-async def _loop(book: ledger.Ledger, retention_s: float, interval_s: float) -> None:
+async def _loop(book: ledger.Ledger, retention_s: float, interval_s: float, stop: asyncio.Event) -> None:
     holder = f"{os.getpid()}-{os.urandom(4).hex()}"
     cursor = 0
     while True:
         # Jittered, so workers started together do not all ask for the turn at the same moment.
-        await asyncio.sleep(interval_s * random.uniform(0.5, 1.5))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s * random.uniform(0.5, 1.5))
+        if stop.is_set():
+            return
         try:
             if not await book.retention_turn(holder, int(interval_s * 1000)):
                 continue

@@ -116,13 +116,49 @@ local function owned_chat(meta_key, config_id)
   return chat, nil
 end
 
+-- The journal's oldest entries are folded into a checkpoint once it holds JOURNAL_KEPT +
+-- JOURNAL_FOLD_BATCH of them: all but the newest JOURNAL_KEPT are added up into the meta hash's
+-- checkpoint fields, in the script that wrote the entry, so at every moment the checkpoint plus the
+-- entries left add up to the counters exactly (design.md section 12). Fields: jn entries folded, jdu
+-- jdr jdl jsf the sums of their deltas and clamped amounts, jex how many were expiries, jto the id of
+-- the newest folded entry (Ledger.read_journal shows them as one `checkpoint` entry). The stream is
+-- rebuilt from the entries kept, under their own ids: trimming would leave the folded entries' bytes
+-- in a half-emptied node, as large as the entries kept.
+local function fold_journal(journal_key)
+  if redis.call('XLEN', journal_key) < JOURNAL_KEPT + JOURNAL_FOLD_BATCH then
+    return
+  end
+  local entries = redis.call('XRANGE', journal_key, '-', '+')
+  local folded = #entries - JOURNAL_KEPT
+  local du, dr, dl, sf, ex = 0, 0, 0, 0, 0
+  for i = 1, folded do
+    -- Written by `journal` below, always in this order: op, rid, du, dr, dl, sf.
+    local f = entries[i][2]
+    du, dr, dl, sf = du + f[6], dr + f[8], dl + f[10], sf + f[12]
+    if f[2] == 'expire' then
+      ex = ex + 1
+    end
+  end
+  local meta_key = string.sub(journal_key, 1, -8) .. 'meta'
+  local c = redis.call('HMGET', meta_key, 'jn', 'jdu', 'jdr', 'jdl', 'jsf', 'jex')
+  redis.call('HSET', meta_key, 'jn', int((tonumber(c[1]) or 0) + folded),
+    'jdu', int((tonumber(c[2]) or 0) + du), 'jdr', int((tonumber(c[3]) or 0) + dr),
+    'jdl', int((tonumber(c[4]) or 0) + dl), 'jsf', int((tonumber(c[5]) or 0) + sf),
+    'jex', int((tonumber(c[6]) or 0) + ex), 'jto', entries[folded][1])
+  redis.call('DEL', journal_key)
+  for i = folded + 1, #entries do
+    redis.call('XADD', journal_key, entries[i][1], unpack(entries[i][2]))
+  end
+end
+
 -- One journal entry per balance move, written by the script that makes the move, so the journal can
--- never disagree with the counters: the deltas of every entry add up to used, reserved and limit.
--- Every entry has the same fields, so the stream's listpacks store the names once.
--- `clamped` is what a settle's cost exceeded its hold by (recorded, not charged; field 'sf').
+-- never disagree with the counters: the deltas of every entry (and the checkpoint's sums, above) add
+-- up to used, reserved and limit. Every entry has the same fields, so the stream's listpacks store the
+-- names once. `clamped` is what a settle's cost exceeded its hold by (recorded, not charged; 'sf').
 local function journal(journal_key, op, reservation_id, d_used, d_reserved, d_limit, clamped)
   redis.call('XADD', journal_key, '*', 'op', op, 'rid', reservation_id,
     'du', int(d_used), 'dr', int(d_reserved), 'dl', int(d_limit), 'sf', int(clamped))
+  fold_journal(journal_key)
 end
 
 -- Lazy reaping: release open holds whose deadline has passed (their worker died or hung) and forget
@@ -163,9 +199,25 @@ local function reap(meta_key, deadlines_key, reservations_key, journal_key, chat
   return expired
 end
 
+-- Settled and voided holds are forgotten at once: their two records go, and the id joins a short list
+-- of the chat's latest resolutions, field RESOLVED of the reservations hash (';<id>=<state>' each, newest
+-- last, the newest RESOLVED_BYTES of them at least: 14 holds), which is all a replayed settle or
+-- void needs to be recognised and change nothing. Expired holds keep their records for the retention (a hung worker's settle may come late).
+local RESOLVED = '~'
+
+-- The state of a resolved reservation the list remembers, or nil.
+local function recently_resolved(reservations_key, id)
+  local list = redis.call('HGET', reservations_key, RESOLVED)
+  if not list then
+    return nil
+  end
+  local at = string.find(list, ';' .. id .. '=', 1, true)
+  return at and string.sub(list, at + #id + 2, at + #id + 2) or nil
+end
+
 -- The open amount of a reservation, or nil plus the status naming why it cannot be resolved.
 local function open_amount(reservations_key, id)
-  local state = redis.call('HGET', reservations_key, id)
+  local state = redis.call('HGET', reservations_key, id) or recently_resolved(reservations_key, id)
   if not state then
     return nil, 'reservation_not_found'
   elseif state == SETTLED then
@@ -178,10 +230,19 @@ local function open_amount(reservations_key, id)
   return tonumber(state), nil
 end
 
--- Mark a reservation resolved and schedule its record to be forgotten.
+-- Mark a reservation settled or voided: its records go, and the list of the latest resolutions notes
+-- it, cut back to its newest RESOLVED_BYTES once it holds twice that (not on every resolution).
 local function resolve(deadlines_key, reservations_key, id, state, now, retention_ms)
-  redis.call('HSET', reservations_key, id, state)
-  redis.call('ZADD', deadlines_key, int(now + retention_ms), id)
+  redis.call('HDEL', reservations_key, id)
+  redis.call('ZREM', deadlines_key, id)
+  -- The deadlines set never empties (Redis would delete it): a member that is never due keeps it, as
+  -- every key of a script must exist on a node importing the chat's slot while it migrates.
+  redis.call('ZADD', deadlines_key, 'NX', NEVER, RESOLVED)
+  local list = (redis.call('HGET', reservations_key, RESOLVED) or '') .. ';' .. id .. '=' .. state
+  if #list > 2 * RESOLVED_BYTES then
+    list = string.sub(list, (string.find(list, ';', #list - RESOLVED_BYTES, true)))
+  end
+  redis.call('HSET', reservations_key, RESOLVED, list)
 end
 
 -- The shared opening of settle and void: load the chat, reap due holds (this one included, if its
