@@ -157,25 +157,32 @@ def wrap_redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]
             raise NotReplicated() from exc
         except redis.exceptions.RedisError as exc:
             raise LedgerUnavailable(f"The token store failed: {type(exc).__name__}.") from exc
-        except AttributeError as exc:
+        except (AttributeError, RuntimeError) as exc:
             # redis-py's cluster client closes every connection when a failover confuses it (CLUSTERDOWN,
-            # repeated MOVED), those other tasks are using too; the command then fails inside redis-py on
-            # a connection whose socket is gone. The store failed, not the caller: anything else is a bug.
-            if not _raised_in_redis_py(exc):
+            # repeated MOVED), those other tasks are using too; the command then fails on a connection
+            # whose socket is gone: inside redis-py (AttributeError), or in the event loop's transport
+            # that redis-py writes to (RuntimeError). The store failed, not the caller: anything else is
+            # a bug.
+            if not _closed_under_a_command(exc):
                 raise
             raise LedgerUnavailable("The token store failed: its connection closed under a command.") from exc
 
     return wrapper
 
 
-def _raised_in_redis_py(exc: BaseException) -> bool:
-    """Whether the innermost frame of `exc`'s traceback is in redis-py's own code."""
+def _closed_under_a_command(exc: BaseException) -> bool:
+    """Whether `exc` is a connection closed under a redis-py command: an AttributeError raised in
+    redis-py's own code, or a transport's "closed" RuntimeError raised below a redis-py write."""
+    files = []
     traceback = exc.__traceback__
-    if traceback is None:
-        return False
-    while traceback.tb_next is not None:
+    while traceback is not None:
+        files.append(traceback.tb_frame.f_code.co_filename)
         traceback = traceback.tb_next
-    return traceback.tb_frame.f_code.co_filename.startswith(_REDIS_PY)
+    if not files:
+        return False
+    if isinstance(exc, AttributeError):
+        return files[-1].startswith(_REDIS_PY)
+    return "closed" in str(exc) and any(name.startswith(_REDIS_PY) for name in files)
 
 
 _REDIS_PY = os.path.dirname(redis.__file__) + os.sep

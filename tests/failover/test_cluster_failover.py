@@ -105,7 +105,8 @@ async def test_a_cluster_failover_under_load(durability: str, run: int, tmp_path
     print("CLUSTER_FAILOVER " + json.dumps(summary))
     assert (found.duplicated_messages, found.charge_mismatches, found.stuck_holds) == (0, 0, 0), summary
     failed = [a for a in record.answers if a.status is not None and a.status >= 500 and a.status != 503]
-    assert not failed, failed[:3]
+    logged = (tmp_path / "serve.log").read_text(errors="replace").splitlines()
+    assert not failed, (failed[:3], [line for line in logged if "error" in line.lower()][-20:])
     if durability == "replica":
         assert found.acknowledged_lost == 0, summary
     else:

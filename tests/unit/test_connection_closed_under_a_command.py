@@ -34,3 +34,38 @@ async def test_inside_redis_py_it_is_the_store_failing() -> None:
 async def test_outside_redis_py_it_stays_a_bug() -> None:
     with pytest.raises(AttributeError, match="ours"):
         await _our_own_bug()
+
+
+@wrap_redis_errors
+async def _write_to_a_closed_transport() -> None:
+    connection = redis.asyncio.connection.Connection()
+
+    class ClosedWriter:
+        def writelines(self, data: object) -> None:
+            # What uvloop's transport raises once the cluster client closed it under this command.
+            raise RuntimeError(
+                "unable to perform operation on <TCPTransport closed=True>; the handler is closed"
+            )
+
+    connection._reader = object()  # type: ignore[assignment]
+    connection._writer = ClosedWriter()  # type: ignore[assignment]
+    try:
+        await connection._send_packed_command([b"PING\\r\\n"])
+    finally:
+        connection._writer = None  # no socket was opened: nothing for its finaliser to warn of
+
+
+@wrap_redis_errors
+async def _our_own_runtime_error() -> None:
+    raise RuntimeError("the handler is closed, but ours")
+
+
+async def test_a_closed_transport_below_redis_py_is_the_store_failing() -> None:
+    with pytest.raises(LedgerUnavailable) as raised:
+        await _write_to_a_closed_transport()
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+async def test_a_runtime_error_of_our_own_stays_a_bug() -> None:
+    with pytest.raises(RuntimeError, match="ours"):
+        await _our_own_runtime_error()
