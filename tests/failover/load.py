@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 
@@ -173,15 +173,30 @@ async def audit(redis: RedisClient, keys: Keyspace, record: Record) -> Audit:
         contents = [m.content for m in history if m.is_user]
         duplicated += len(contents) - len(set(contents))
         mismatches += int(meta["used"]) != sum(m.charged_milli for m in history if not m.is_user)
-        # An open hold's value is its grant (digits); a resolved one's is a letter.
-        holds = await redis.hvals(keys.chat_reservations(chat_id))
-        stuck += int(meta["reserved"]) != 0 or any(value.isdigit() for value in holds)
+        stuck += await _stuck(redis, keys, ledger_, chat_id)
     top_ups_lost = 0
     for answer in record.ok("top_up"):
         digest = _digest(answer.key)
         top_ups_lost += not await redis.exists(keys.chat_idempotency(answer.chat_id, digest))
     acknowledged = {op: len(record.ok(op)) for op in ("create", "message", "top_up")}
     return Audit(acknowledged, chats_lost, messages_lost, top_ups_lost, duplicated, mismatches, stuck)
+
+
+async def _stuck(redis: RedisClient, keys: Keyspace, ledger_: Ledger, chat_id: str) -> bool:
+    """Whether the chat holds tokens for a hold past its deadline, or holds a sum its open holds do not
+    add up to. The admin read reaps due holds first, as any next message would. A hold whose deadline
+    is still ahead is not stuck: a request the failover delayed in a worker may have reserved it after
+    the load stopped, and its worker may still settle it."""
+    state = await ledger_.inspect_chat(chat_id)
+    seconds, micros = await redis.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    # An open hold's value is its grant (digits); the other fields are resolution records.
+    holds = await redis.hgetall(keys.chat_reservations(chat_id))
+    open_holds = {str(rid): int(value) for rid, value in holds.items() if value.isdigit()}
+    scored = await redis.zrange(keys.chat_deadlines(chat_id), 0, -1, withscores=True)
+    deadlines = {str(member): float(score) for member, score in cast(list[tuple[str, float]], scored)}
+    overdue = any(deadlines.get(rid, 0) <= now_ms for rid in open_holds)
+    return overdue or state.reserved_milli != sum(open_holds.values())
 
 
 async def _history(ledger_: Ledger, config_id: str, chat_id: str) -> list[Any]:
