@@ -8,6 +8,9 @@ from redis.asyncio import Redis
 
 from ledger import ConfigRecord, IdempotencyKey, Keyspace, Ledger, Reservation, Settlement
 
+# Workers the concurrency tests simulate (the `worker_ledgers` fixture, tests/integration/conftest.py).
+WORKERS = 3
+
 
 async def reserve(
     ledger: Ledger,

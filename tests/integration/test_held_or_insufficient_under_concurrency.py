@@ -6,10 +6,8 @@ InsufficientTokens (the 402) even while the tokens were only held."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
 from ledger import (
@@ -21,29 +19,12 @@ from ledger import (
     Settlement,
     TenantStore,
     TokensHeld,
-    connect,
 )
-from tests.redis_servers import RedisServer
+from tests.integration.helpers import WORKERS
 
 pytestmark = pytest.mark.redis
 
-WORKERS = 3
 EXCHANGES = 300
-
-
-@pytest_asyncio.fixture
-async def worker_ledgers(
-    redis_server: RedisServer, real_redis: Redis, keyspace: Keyspace
-) -> AsyncIterator[list[Ledger]]:
-    clients = [connect(redis_server.url) for _ in range(WORKERS)]
-    try:
-        ledgers = [Ledger(client, keyspace) for client in clients]
-        for ledger in ledgers:
-            await ledger.start()
-        yield ledgers
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 async def test_many_workers_one_chat(

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
 import pytest
-import pytest_asyncio
 from redis.asyncio import Redis
 
 from ledger import (
@@ -27,32 +26,14 @@ from ledger import (
     StoredMessage,
     TenantStore,
     TokensHeld,
-    connect,
 )
-from tests.redis_servers import RedisServer
+from tests.integration.helpers import WORKERS
 
 pytestmark = pytest.mark.redis
 
 T = TypeVar("T")
 
-WORKERS = 3
 EXCHANGES = 300
-
-
-@pytest_asyncio.fixture
-async def worker_ledgers(
-    real_redis: Redis, redis_server: RedisServer, keyspace: Keyspace
-) -> AsyncIterator[list[Ledger]]:
-    """One started Ledger per simulated worker, each on its own client; all closed afterwards."""
-    clients = [connect(redis_server.url) for _ in range(WORKERS)]
-    try:
-        ledgers = [Ledger(client, keyspace) for client in clients]
-        for ledger in ledgers:
-            await ledger.start()
-        yield ledgers
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 @dataclass

@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar, cast
 
 import pytest
-import pytest_asyncio
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -24,7 +23,6 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from redis.asyncio import Redis
 
 from ledger import (
     ConfigRecord,
@@ -48,25 +46,6 @@ from tests.redis_servers import RedisServer
 pytestmark = pytest.mark.redis
 
 T = TypeVar("T")
-
-WORKERS = 3
-EXCHANGES = 300
-
-
-@pytest_asyncio.fixture
-async def worker_ledgers(
-    real_redis: Redis, redis_server: RedisServer, keyspace: Keyspace
-) -> AsyncIterator[list[Ledger]]:
-    """One started Ledger per simulated worker, each on its own client; all closed afterwards."""
-    clients = [connect(redis_server.url) for _ in range(WORKERS)]
-    try:
-        ledgers = [Ledger(client, keyspace) for client in clients]
-        for ledger in ledgers:
-            await ledger.start()
-        yield ledgers
-    finally:
-        for client in clients:
-            await client.aclose()
 
 
 SHORT_TTL_MS = 30
