@@ -236,13 +236,7 @@ class LocalRedisCluster:
     def start(self) -> None:
         for server in self.servers:
             server.start()
-        addresses = [f"127.0.0.1:{port}" for port in self.ports]
-        create = [str(REDIS_CLI_BINARY), "--cluster", "create", *addresses, "--cluster-replicas", "0"]
-        result = subprocess.run(
-            [*create, "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False
-        )
-        if result.returncode != 0:
-            raise RedisServerError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        create_cluster(self.ports, replicas=0)
         self._wait_until_ok()
 
     def close(self) -> None:
@@ -291,3 +285,14 @@ def _cluster_args(bus_port: int) -> list[str]:
         "--cluster-port", str(bus_port),
         "--cluster-node-timeout", "5000",
     ]  # fmt: skip
+
+
+def create_cluster(ports: list[int], *, replicas: int) -> None:
+    """`redis-cli --cluster create` over the servers on `ports` of 127.0.0.1, `replicas` per primary."""
+    addresses = [f"127.0.0.1:{port}" for port in ports]
+    create = [str(REDIS_CLI_BINARY), "--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
+    result = subprocess.run(
+        [*create, "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        raise RedisServerError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")

@@ -17,19 +17,24 @@ import asyncio
 import collections
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import ledger
-from ledger import Keyspace, TenantStore
-from tests.failover.load import Load, Record, audit
-from tests.failover.test_failover_under_load import HOLD_TTL_S, settled_send, statuses, wait_ready
+from ledger import Keyspace
+from tests.failover.deployment import (
+    AFTER_S,
+    CUT_S,
+    WARM_S,
+    reclaim_every_hold,
+    server_errors,
+    serving,
+    statuses,
+)
+from tests.failover.load import audit
 from tests.failover.topology import ReplicatedCluster
-from tests.redis_servers import free_port
-from tests.scale.conftest import Process, base_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -38,7 +43,6 @@ KEYS = Keyspace(PREFIX)
 # Failovers per mode: 2 in the suite, to keep it short; CHATLEDGER_TEST_FAILOVER_RUNS=5 for the figures
 # of docs/performance.md.
 RUNS = int(os.environ.get("CHATLEDGER_TEST_FAILOVER_RUNS", "2"))
-WARM_S, CUT_S, AFTER_S = 1.5, 1.0, 1.5
 
 
 @pytest.mark.parametrize("run", range(RUNS))
@@ -46,51 +50,33 @@ WARM_S, CUT_S, AFTER_S = 1.5, 1.0, 1.5
 async def test_a_cluster_failover_under_load(durability: str, run: int, tmp_path: Path) -> None:
     with ReplicatedCluster() as cluster:
         setup = ledger.connect_cluster(cluster.url)
-        tenants = TenantStore(setup, KEYS)
-        config = await tenants.create_config(agent_name="Failover", company_name="Test")
-        api_key = (await tenants.issue_key(config.config_id)).api_key
-        port = free_port()
-        serve = Process(
-            [sys.executable, "-m", "service", "serve", "--port", str(port), "--workers", "2"],
-            base_env(
-                REDIS_CLUSTER_URL=cluster.url, CHATLEDGER_DURABILITY=durability,
-                CHATLEDGER_DURABILITY_TIMEOUT_MS="300", CHATLEDGER_KEY_PREFIX=PREFIX,
-                CHATLEDGER_RESERVATION_TTL_S=str(HOLD_TTL_S), CHATLEDGER_LOG_LEVEL="warning",
-            ),
-            tmp_path / "serve.log",
-        )  # fmt: skip
-        record = Record()
-        load = Load(f"http://127.0.0.1:{port}", api_key, record, clients=24, seed=run)
         try:
-            await wait_ready(port, serve)
-            await load.start(chats=30)
-            homes = collections.Counter(_home(setup, chat_id) for chat_id in record.chats)
-            busiest = cluster.primary_of(homes.most_common(1)[0][0])
-            await asyncio.sleep(WARM_S)
-            cut_s = time.monotonic()
-            cluster.cut(busiest)
-            await asyncio.sleep(CUT_S)
-            killed_s = time.monotonic()
-            cluster.kill(busiest)
-            await asyncio.to_thread(cluster.wait_promoted, busiest.port)
-            promoted_s = time.monotonic()
-            await asyncio.sleep(AFTER_S)
-            # The promoted replica has no replica of its own: with `replica` its writes are refused until
-            # the old primary comes back, empty, and replicates it.
-            await asyncio.to_thread(cluster.rejoin, busiest)
-            await load.stop()
-            await asyncio.sleep(HOLD_TTL_S + 0.5)
-            for chat_id in record.chats:
-                answer = await settled_send(load, chat_id)
-                assert answer.status == 200, f"no answer after the failover: {answer}: {serve.log.tail()}"
+            setting = {"REDIS_CLUSTER_URL": cluster.url}
+            async with serving(setup, KEYS, setting, durability, run, tmp_path / "serve.log") as (
+                serve, record, load,
+            ):  # fmt: skip
+                homes = collections.Counter(_home(setup, chat_id) for chat_id in record.chats)
+                busiest = cluster.primary_of(homes.most_common(1)[0][0])
+                await asyncio.sleep(WARM_S)
+                cut_s = time.monotonic()
+                cluster.cut(busiest)
+                await asyncio.sleep(CUT_S)
+                killed_s = time.monotonic()
+                cluster.kill(busiest)
+                await asyncio.to_thread(cluster.wait_promoted, busiest.port)
+                promoted_s = time.monotonic()
+                await asyncio.sleep(AFTER_S)
+                # The promoted replica has no replica of its own: with `replica` its writes are refused
+                # until the old primary comes back, empty, and replicates it.
+                await asyncio.to_thread(cluster.rejoin, busiest)
+                await load.stop()
+                await reclaim_every_hold(serve, record, load)
+            checker = ledger.connect_cluster(cluster.url)
+            try:
+                found = await audit(checker, KEYS, record)
+            finally:
+                await checker.aclose()
         finally:
-            await load.close()
-            serve.close()
-        checker = ledger.connect_cluster(cluster.url)
-        try:
-            found = await audit(checker, KEYS, record)
-        finally:
-            await checker.aclose()
             await setup.aclose()
     refused, window_s = record.unavailable()
     summary = {
@@ -104,7 +90,7 @@ async def test_a_cluster_failover_under_load(durability: str, run: int, tmp_path
     }  # fmt: skip
     print("CLUSTER_FAILOVER " + json.dumps(summary))
     assert (found.duplicated_messages, found.charge_mismatches, found.stuck_holds) == (0, 0, 0), summary
-    failed = [a for a in record.answers if a.status is not None and a.status >= 500 and a.status != 503]
+    failed = server_errors(record)
     logged = (tmp_path / "serve.log").read_text(errors="replace").splitlines()
     assert not failed, (failed[:3], [line for line in logged if "error" in line.lower()][-20:])
     if durability == "replica":

@@ -16,14 +16,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import redis
 
 from tests.redis_servers import (
-    REDIS_CLI_BINARY,
     REDIS_SERVER_BINARY,
     RedisServer,
     RedisServerError,
+    create_cluster,
     free_port,
     free_ports,
 )
@@ -186,7 +187,28 @@ class SentinelProcess:
         self._process.wait()
 
 
-class SentinelTopology:
+class _Topology:
+    """A set of processes a test starts whole or not at all: a failed start stops what it started."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SentinelTopology(_Topology):
     """One primary, `replicas` replicas (each behind its LinkProxy), three sentinels."""
 
     def __init__(self, *, replicas: int = 2, primary_args: tuple[str, ...] = ()) -> None:
@@ -278,17 +300,6 @@ class SentinelTopology:
             server._process = None
             server.close()
 
-    def __enter__(self) -> SentinelTopology:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def _wait_synced(self) -> None:
         self._wait(lambda: all(_info(r.port).get("master_link_status") == "up" for r in self.replicas))
 
@@ -322,7 +333,7 @@ def _role(port: int) -> str | None:
     return _info(port).get("role")
 
 
-class ReplicatedCluster:
+class ReplicatedCluster(_Topology):
     """A Redis Cluster of three primaries with one replica each, whose nodes call a silent peer failed
     after NODE_TIMEOUT_MS, so a killed primary's replica takes over within seconds."""
 
@@ -366,13 +377,7 @@ class ReplicatedCluster:
     def start(self) -> None:
         for server in self.servers:
             server.start()
-        addresses = [f"127.0.0.1:{server.port}" for server in self.servers]
-        create = [str(REDIS_CLI_BINARY), "--cluster", "create", *addresses, "--cluster-replicas", "1"]
-        result = subprocess.run(
-            [*create, "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False
-        )
-        if result.returncode != 0:
-            raise RedisServerError(f"redis-cli --cluster create failed: {result.stdout}{result.stderr}")
+        create_cluster([server.port for server in self.servers], replicas=1)
         SentinelTopology._wait(self._ready, timeout_s=30.0)
         self.remember_replicas()
 
@@ -422,17 +427,6 @@ class ReplicatedCluster:
             server.close()
         for proxy in self.proxies:
             proxy.close()
-
-    def __enter__(self) -> ReplicatedCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _ready(self) -> bool:
         replicas = [s for s in self.servers if _info(s.port).get("role") == "slave"]
