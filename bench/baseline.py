@@ -45,6 +45,18 @@ async def serve(port: int, redis_url: str, kind: str) -> None:
         await call()
         return web.Response(body=ANSWER, content_type="application/json")
 
+    try:
+        await serve_until_signalled(message, port, f"client={kind}")
+    finally:
+        await client.aclose()
+
+
+async def serve_until_signalled(
+    message: Callable[[web.Request], Awaitable[web.StreamResponse]], port: int, banner: str
+) -> None:
+    """`POST /chats/messages/` by `message` and a `/healthz` on `port` (SO_REUSEPORT, so several
+    processes share it), from the `listening` line the runner waits for until SIGTERM or SIGINT."""
+
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(body=ANSWER, content_type="application/json")
 
@@ -55,7 +67,7 @@ async def serve(port: int, redis_url: str, kind: str) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=True, backlog=1024)
     await site.start()
-    print(f"listening pid={os.getpid()} client={kind}", flush=True)
+    print(f"listening pid={os.getpid()} {banner}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -64,7 +76,6 @@ async def serve(port: int, redis_url: str, kind: str) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
-        await client.aclose()
 
 
 def main() -> int:

@@ -34,6 +34,7 @@ from bench import load, openloop
 from bench.load import percentiles_ms
 from bench.processes import Child, Children, service_env, wait_ready
 from bench.table import Row, render
+from bench.tenant import bench_tenant
 from tests.redis_servers import RedisServer, free_ports
 
 HOST = "127.0.0.1"
@@ -235,13 +236,7 @@ async def _alone(seconds: float, warmup_seconds: float, rounds: int, workdir: Pa
     with RedisServer() as server, Children(workdir) as children:
         client = ledger.connect(server.url)
         try:
-            tenants = ledger.TenantStore(client, keys)
-            config = await tenants.create_config(agent_name="Bench Agent", company_name="Bench")
-            api_key = (await tenants.issue_key(config.config_id)).api_key
-            book = ledger.Ledger(client, keys)
-            await book.start()
-            budget = ledger.to_milli(1e12, positive=True)
-            chat_ids = [(await book.create_chat(config, budget)).chat_id for _ in range(CHATS)]
+            api_key, chat_ids = await bench_tenant(client, keys, CHATS)
             return await rows(
                 children, client, server.url, api_key, chat_ids,
                 seconds=seconds, warmup_seconds=warmup_seconds, rounds=rounds,

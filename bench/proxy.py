@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import sys
 
 import aiohttp
@@ -23,11 +21,10 @@ import msgspec
 from aiohttp import web
 
 import ledger
-from bench.baseline import TRIVIAL_SCRIPT
+from bench.baseline import TRIVIAL_SCRIPT, serve_until_signalled
 from service.workers import loop_factory
 
 CONTEXT_MESSAGES = 20
-ANSWER = b'{"ok":true}'
 
 
 def model_body(*, stream: bool) -> bytes:
@@ -74,25 +71,9 @@ async def serve(port: int, redis_url: str, model_url: str) -> None:
             await response.write_eof()
             return response
 
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.Response(body=ANSWER, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/chats/messages/", message)
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, reuse_port=True, backlog=1024)
-    await site.start()
-    print(f"listening pid={os.getpid()}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        await stop.wait()
+        await serve_until_signalled(message, port, "proxy")
     finally:
-        await runner.cleanup()
         await session.close()
         await client.aclose()
 

@@ -33,6 +33,7 @@ import ledger
 from bench import load
 from bench.processes import BenchError, Child, Children, service_env, wait_log, wait_ready
 from bench.table import Row, render
+from bench.tenant import bench_tenant
 from tests.redis_servers import RedisServer, free_ports
 
 HOST = "127.0.0.1"
@@ -284,13 +285,7 @@ async def _alone(args: argparse.Namespace, workdir: Path) -> list[Row]:
     with RedisServer() as server, Children(workdir) as children:
         client = ledger.connect(server.url)
         try:
-            tenants = ledger.TenantStore(client, keys)
-            config = await tenants.create_config(agent_name="Bench Agent", company_name="Bench")
-            api_key = (await tenants.issue_key(config.config_id)).api_key
-            book = ledger.Ledger(client, keys)
-            await book.start()
-            budget = ledger.to_milli(1e12, positive=True)
-            chat_ids = [(await book.create_chat(config, budget)).chat_id for _ in range(CHATS)]
+            api_key, chat_ids = await bench_tenant(client, keys, CHATS)
             requests_max = 2_000 if args.smoke else 10_000_000
             generate = generator(args.load, api_key, chat_ids, workdir, args.connections, requests_max)
             seconds, warmup = (1.0, 0.0) if args.smoke else (args.seconds, args.warmup)

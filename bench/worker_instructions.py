@@ -24,6 +24,7 @@ from pathlib import Path
 import aiohttp
 
 import ledger
+from bench.tenant import bench_tenant
 from tests.redis_servers import RedisServer, free_ports
 
 CHATS = 8
@@ -34,14 +35,7 @@ READY_TIMEOUT_S = 300.0
 async def _tenant(redis_url: str) -> tuple[str, list[str]]:
     client = ledger.connect(redis_url)
     try:
-        keys = ledger.Keyspace("cl")
-        tenants = ledger.TenantStore(client, keys)
-        config = await tenants.create_config(agent_name="Bench Agent", company_name="Bench")
-        api_key = (await tenants.issue_key(config.config_id)).api_key
-        book = ledger.Ledger(client, keys)
-        await book.start()
-        chats = [(await book.create_chat(config, 10**15)).chat_id for _ in range(CHATS)]
-        return api_key, chats
+        return await bench_tenant(client, ledger.Keyspace("cl"), CHATS)
     finally:
         await client.aclose()
 
