@@ -112,6 +112,11 @@ class TestConcurrentExchanges:
         # and after spending began. Each refusal says which: held only while holds stand in the way.
         assert any(isinstance(e, TokensHeld) for e in errors), "holds refused some"
         assert all(e.reserved_milli > 0 for e in errors if isinstance(e, TokensHeld))
+        # Held: payable with nothing held; insufficient: not payable even then.
+        held = [e for e in errors if isinstance(e, TokensHeld)]
+        insufficient = [e for e in errors if isinstance(e, InsufficientTokens)]
+        assert all(e.limit_milli - e.used_milli >= e.needed_milli > e.available_milli for e in held)
+        assert all(e.limit_milli - e.used_milli < e.needed_milli for e in insufficient)
         assert any(error.used_milli > 0 for error in errors), "reserves raced with settles"
         assert len(successes) + len(refused) == EXCHANGES
 
