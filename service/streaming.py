@@ -1,4 +1,4 @@
-"""POST /chats/messages/ as Server-Sent Events (api.md Part C), framed by aiohttp-sse.
+"""POST /chats/messages/ as Server-Sent Events (api.md Part C).
 
 The response starts with the reply's first delta, not before: until then every failure (402, 404, a
 model that does not answer) is still a plain JSON error with its status. After it, the stream carries:
@@ -13,6 +13,14 @@ Once a delta was sent, the client pays for what it received, however the stream 
 settles it): a client that disconnects, a model that fails or stalls (then the `error` event), or a
 model that goes past the reply budget (cut there, then `done`) each leave the prompt plus the delivered
 tokens charged, never more than the hold, and the partial reply saved, flagged truncated.
+
+The response is a chunked aiohttp StreamResponse with the headers an event stream needs, not
+aiohttp-sse's EventSourceResponse: that one costs a task (its pinger) and three socket options (a TCP
+user timeout set and restored) per stream and a timeout scope per write, which made up a large part of
+what a short streamed reply cost over a whole one. Here a stream that goes quiet for PING_INTERVAL_S
+gets a comment line (`: ping`, which EventSource ignores) so that proxies keep it open, by a timer
+armed once and moved on each write; a write that cannot finish within SEND_TIMEOUT_S (a client that
+stopped reading) aborts the connection, by a timer armed only around that write.
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
 
 import ledger
 from service.appkeys import EXCHANGE
@@ -37,9 +44,21 @@ from service.schemas import ENCODER, MessageOut, message_out
 log = structlog.get_logger(__name__)
 
 EVENT_STREAM = "text/event-stream"
-# What a write to a client that left raises: a reset connection, or aiohttp-sse's send timeout on a
-# client that stopped reading.
+# What a write to a client that left raises: a reset connection, or the send timeout on a client that
+# stopped reading.
 CLIENT_GONE = (ConnectionResetError, TimeoutError)
+# A stream with nothing to say for this long says `: ping`, as aiohttp-sse does.
+PING_INTERVAL_S = 15.0
+# A write that waits this long for the client to take the bytes before it ends the connection.
+SEND_TIMEOUT_S = 120.0
+_PING = b": ping\r\n\r\n"
+# Not cached by anyone on the way, not buffered by nginx.
+_HEADERS = {
+    "Content-Type": EVENT_STREAM,
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",
+}
 
 
 class StreamDone(msgspec.Struct, kw_only=True):
@@ -78,7 +97,7 @@ async def stream_reply(
         nonlocal sse
         if sse is None:
             sse = await _start(request)
-        await sse.send_framed(b"".join(_event("delta", {"content": text}) for text in texts))
+        await sse.send_framed(b"".join([_DELTA % ENCODER.encode(text) for text in texts]))
 
     try:
         exchanged = await request.app[EXCHANGE].stream(config, chat_id, content, send_deltas, idempotency)
@@ -99,37 +118,101 @@ async def stream_reply(
     return sse if sse is not None else web.Response(status=204)
 
 
-class _EventStream(EventSourceResponse):
-    """aiohttp-sse's response, with events framed by the caller sent in one write: the headers go
-    with the first events, and the last event with the end of the body."""
+class _EventStream(web.StreamResponse):
+    """A chunked event stream whose events are framed by the caller and sent in one write each: the
+    headers go with the first events, and the last event with the end of the body."""
 
     _send_headers_immediately = False
 
+    def __init__(self) -> None:
+        super().__init__(headers=_HEADERS)
+        self.enable_chunked_encoding()
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._pinger: asyncio.TimerHandle | None = None
+        self._ping_task: asyncio.Task[None] | None = None
+        self._quiet_since = 0.0
+        self._writing = False
+        self._stalled = False
+        self._stopped = False
+
+    async def start(self, request: web.Request) -> None:
+        self._transport = request.transport
+        await self.prepare(request)
+        self._quiet_since = self._loop.time()
+        self._pinger = self._loop.call_at(self._quiet_since + PING_INTERVAL_S, self._ping_due)
+
     async def send_framed(self, framed: bytes, *, last: bool = False) -> None:
-        """`framed` (whole events) in one write, the body's end with it if `last`, with `send()`'s
-        timeout and its handling of a client that left or stopped reading."""
+        """`framed` (whole events) in one write, the body's end with it if `last`. A client that left
+        raises ConnectionResetError; one that takes nothing for SEND_TIMEOUT_S, TimeoutError, and
+        its connection is aborted. Either way the stream is stopped."""
+        if last:
+            self.stop_streaming()  # no ping may follow the end of the body
+        self._writing = True
+        stall = self._loop.call_later(SEND_TIMEOUT_S, self._abort_stalled)
         try:
-            async with asyncio.timeout(self._send_timeout):
-                await (self.write_eof(framed) if last else self.write(framed))
-        except ConnectionResetError:
+            await (self.write_eof(framed) if last else self.write(framed))
+        except ConnectionError as exc:  # a reset, or aiohttp's "Connection lost" from a drain
             self.stop_streaming()
-            raise
-        except TimeoutError:
+            if self._stalled:
+                raise TimeoutError("The client took nothing for the send timeout.") from exc
+            raise ConnectionResetError(str(exc)) from exc
+        finally:
+            stall.cancel()
+            self._writing = False
+            self._quiet_since = self._loop.time()
+        if self._stalled:  # the abort woke the write as if it had gone through
             self.stop_streaming()
-            self._abort_transport()
-            raise
+            raise TimeoutError("The client took nothing for the send timeout.")
+
+    def stop_streaming(self) -> None:
+        """No more pings: the stream is over (ended, failed, or its client left)."""
+        self._stopped = True
+        if self._pinger is not None:
+            self._pinger.cancel()
+            self._pinger = None
+
+    def _ping_due(self) -> None:
+        """Ping if nothing was written for PING_INTERVAL_S, else look again when that would be so."""
+        now = self._loop.time()
+        if self._writing:  # a write is waiting on the client: its own timeout watches it
+            self._pinger = self._loop.call_at(now + PING_INTERVAL_S, self._ping_due)
+        elif now < self._quiet_since + PING_INTERVAL_S:
+            self._pinger = self._loop.call_at(self._quiet_since + PING_INTERVAL_S, self._ping_due)
+        else:
+            self._pinger = None
+            self._ping_task = self._loop.create_task(self._ping())
+
+    async def _ping(self) -> None:
+        if self._stopped:
+            return
+        try:
+            await self.send_framed(_PING)
+        except CLIENT_GONE:
+            return  # stopped: the exchange's next write learns it too
+        if not self._stopped:
+            self._pinger = self._loop.call_at(self._quiet_since + PING_INTERVAL_S, self._ping_due)
+
+    def _abort_stalled(self) -> None:
+        self._stalled = True
+        if self._transport is not None:
+            self._transport.abort()
+
+
+# A delta event around its JSON-encoded text: the same bytes as encoding {"content": text}.
+_DELTA = b'event: delta\r\ndata: {"content":%s}\r\n\r\n'
 
 
 def _event(name: str, payload: object) -> bytes:
-    """One event, framed as aiohttp-sse frames it (its JSON data has no line breaks)."""
+    """One event (its JSON data has no line breaks)."""
     return b"event: " + name.encode() + b"\r\ndata: " + ENCODER.encode(payload) + b"\r\n\r\n"
 
 
 async def _start(request: web.Request) -> _EventStream:
-    sse = _EventStream(allow_all_methods=True)
+    sse = _EventStream()
     # Prepared here, so request_context cannot stamp it when the handler returns.
     stamp_response(request, sse)
-    await sse.prepare(request)
+    await sse.start(request)
     return sse
 
 

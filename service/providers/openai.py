@@ -19,6 +19,7 @@ treated as missing, never trusted and never a failure.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from typing import Any, Final, Literal
@@ -52,16 +53,26 @@ RETRY_DELAY_MAX_S = 4.0
 # A run of ASCII letters costs one token per 5 characters and a run of digits one per 3 (rounded up);
 # any other visible character costs one. BPE tokenizers make most English words one token (with their
 # leading space), split numbers into groups of up to 3 digits, and give most non-Latin characters a
-# token or more, so this errs high: a prompt is rarely priced below its cost.
-_PIECE_RE = re.compile(r"[A-Za-z]+|[0-9]+|\S")
+# token or more, so this errs high: a prompt is rarely priced below its cost. The pattern matches
+# exactly one piece per token (a run of 7 letters is matched as 5 and 2), so counting is one C call.
+_TOKEN_RE = re.compile(r"[A-Za-z]{1,5}|[0-9]{1,3}|\S")
+
+# Counts of texts up to this long are remembered (at most _COUNTS_CACHED of them): every message counts
+# its config's system prompt again, and its own text twice (priced at the reserve, stored at the
+# settle). Longer texts are rare, and counting them costs far more than hashing them.
+_COUNTS_CACHED = 2048
+_COUNT_CACHED_CHARS_MAX = 1024
+
+
+@functools.lru_cache(maxsize=_COUNTS_CACHED)
+def _cached_count(text: str) -> int:
+    return len(_TOKEN_RE.findall(text))
 
 
 def estimate_tokens(text: str) -> int:
-    total = 0
-    for piece in _PIECE_RE.findall(text):
-        per_token = 5 if piece[0].isalpha() and piece.isascii() else 3 if piece[0].isdigit() else 1
-        total += -(-len(piece) // per_token)
-    return total
+    if len(text) <= _COUNT_CACHED_CHARS_MAX:
+        return _cached_count(text)
+    return len(_TOKEN_RE.findall(text))
 
 
 # --- the wire format (only the fields we read; unknown ones are ignored) --------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import msgspec
@@ -9,8 +12,15 @@ import pytest
 from aiohttp import ClientResponse
 
 import ledger
+from service import streaming
 from service.app import create_app
-from service.providers import CompletionRequest, ProviderError, ReplyStream
+from service.providers import (
+    CompletionRequest,
+    ProviderError,
+    ReplyStream,
+    StreamEnd,
+    estimate_prompt_tokens,
+)
 from service.providers.offline import OfflineModel
 from service.settings import Settings
 from tests.http.conftest import Api, AppFactory, new_tenant
@@ -156,6 +166,113 @@ class TestProvidersWithoutStreaming:
         _response, received = await stream(api, chat)
         assert [name for name, _ in received] == ["delta", "done"]
         assert received[-1][1]["tokens_charged"] == 51.0
+
+
+class TestQuietAndStalledStreams:
+    async def test_a_quiet_stream_is_pinged(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        aiohttp_client: Any,
+        redis_client: Any,
+        tenants: ledger.TenantStore,
+        test_settings: Settings,
+    ) -> None:
+        """A model that goes quiet mid-reply: the stream carries `: ping` comments meanwhile (which
+        EventSource skips), at the interval and not more often, and the reply is whole."""
+        monkeypatch.setattr(streaming, "PING_INTERVAL_S", 0.05)
+        provider = Scripted([(["One"], 0.0), ([" two"], 0.4), ([" three"], 0.0)])
+        api = await _api(provider, aiohttp_client, redis_client, tenants, test_settings)
+        chat = (await api.create_chat(1000))["chat_id"]
+        body = msgspec.json.encode({"chat_id": chat, "content": CONTENT, "stream": True})
+        async with api.client.post(
+            "/chats/messages/", data=body, headers={"X-API-Key": api.api_key}
+        ) as response:
+            raw = await response.text()
+        assert response.status == 200
+        pings = raw.count(": ping\r\n\r\n")
+        assert 3 <= pings <= 9, raw
+        assert raw.index(": ping") > raw.index('"One"')
+        assert raw.rindex(": ping") < raw.index('" two"')
+        assert '"content":"One two three"' in raw.rsplit("event: done", 1)[1]
+
+    async def test_a_client_that_stops_reading_is_cut_off_and_pays_for_what_was_sent(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        aiohttp_client: Any,
+        redis_client: Any,
+        tenants: ledger.TenantStore,
+        test_settings: Settings,
+    ) -> None:
+        """A client that takes no bytes: once a write has waited the send timeout, the connection is
+        aborted, the model is stopped, and the chat pays for the deltas written before, the hold
+        resolved."""
+        monkeypatch.setattr(streaming, "SEND_TIMEOUT_S", 0.3)
+        piece = "x" * 40_000
+        provider = Scripted([([piece], 0.0)] * 400)
+        settings = msgspec.structs.replace(test_settings, max_output_tokens=1000)
+        api = await _api(provider, aiohttp_client, redis_client, tenants, settings)
+        chat = (await api.create_chat(100_000))["chat_id"]
+        body = msgspec.json.encode({"chat_id": chat, "content": CONTENT, "stream": True})
+        head = (
+            f"POST /chats/messages/ HTTP/1.1\r\nHost: test\r\nX-API-Key: {api.api_key}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        server = api.client.server
+        await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, head + body)
+            for _ in range(100):  # the hold is resolved once the stall was noticed
+                await asyncio.sleep(0.1)
+                status, history, _ = await api.call("GET", f"/chats/{chat}/messages/")
+                if status == 200 and len(history["items"]) == 2:
+                    break
+        finally:
+            sock.close()
+        assert provider.closed, "the model was not stopped"
+        reply = history["items"][1]
+        assert reply["truncated"] is True
+        sent = len(reply["content"]) // len(piece)
+        assert 0 < sent < 400
+        chat_after = (await api.call("GET", f"/chats/{chat}"))[1]
+        assert provider.request is not None
+        prompt = estimate_prompt_tokens(provider.request, provider.count_tokens)
+        assert reply["tokens_charged"] == prompt + sent == chat_after["token_used"]
+        meta = await redis_client.hgetall(ledger.Keyspace(settings.key_prefix).chat_meta(chat))
+        assert meta["reserved"] == "0"
+
+
+async def _api(
+    provider: Any, aiohttp_client: Any, redis_client: Any, tenants: ledger.TenantStore, settings: Settings
+) -> Api:
+    _config, key = await new_tenant(tenants)
+    return Api(await aiohttp_client(create_app(settings, redis=redis_client, provider=provider)), key)
+
+
+class Scripted(OfflineModel):
+    """An offline model whose streams are the given batches of deltas, each after its pause."""
+
+    def __init__(self, script: Sequence[tuple[list[str], float]]) -> None:
+        super().__init__()
+        self.script = script
+        self.closed = False
+        self.request: CompletionRequest | None = None
+
+    async def open_stream(self, request: CompletionRequest) -> ReplyStream:
+        self.request = request
+        return ReplyStream(request, self._events(), self.count_tokens)
+
+    async def _events(self) -> AsyncGenerator[list[str] | StreamEnd, None]:
+        try:
+            for batch, pause_s in self.script:
+                await asyncio.sleep(pause_s)
+                yield batch
+        except GeneratorExit:
+            self.closed = True
+            raise
+        yield StreamEnd(truncated=False)
 
 
 class NoStart(OfflineModel):

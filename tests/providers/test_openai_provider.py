@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -349,6 +350,15 @@ class TestEstimator:
     def test_counts(self, text: str, tokens: int) -> None:
         """ASCII letters cost a token per 5, digits per 3, anything else visible one each."""
         assert estimate_tokens(text) == tokens
+
+    @given(st.text(alphabet=st.sampled_from("aZ09 \n\t.,é日-_") | st.characters(), max_size=3000))
+    def test_the_count_is_the_rule_spelled_out(self, text: str) -> None:
+        """The one-pattern count equals the rule piece by piece, short texts (remembered) and long."""
+        expected = 0
+        for piece in re.findall(r"[A-Za-z]+|[0-9]+|\S", text):
+            per_token = 5 if piece[0].isalpha() and piece.isascii() else 3 if piece[0].isdigit() else 1
+            expected += -(-len(piece) // per_token)
+        assert estimate_tokens(text) == expected
 
 
 def msgspec_replace(request: CompletionRequest, **changes: Any) -> CompletionRequest:
