@@ -82,6 +82,13 @@ class _Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"not an HTTP answer: {exc}"))
+            return
+        # Once per read, not per body chunk: a streamed answer brings a chunk per token.
+        if self._chunks:
+            if self._buffered > BUFFER_HIGH and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+            self._wake()
 
     def eof_received(self) -> None:
         # An answer without Content-Length or chunking ends with the connection.
@@ -104,10 +111,6 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
-        if self._buffered > BUFFER_HIGH and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
-        self._wake()
 
     def on_message_complete(self) -> None:
         self.complete = True

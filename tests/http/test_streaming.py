@@ -10,6 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 from aiohttp import ClientResponse
+from hypothesis import given
+from hypothesis import strategies as st
 
 import ledger
 from service import streaming
@@ -298,3 +300,15 @@ class WholeOnly:
 
     async def close(self) -> None:
         return None
+
+
+# Any character a decoded JSON string can hold (not a lone surrogate), and the ones JSON escapes.
+_DELTA_CHARACTERS = st.sampled_from('a",\\\n\t é\x00') | st.characters(exclude_categories=["Cs"])
+
+
+@given(st.lists(st.text(alphabet=_DELTA_CHARACTERS, min_size=1), min_size=1))
+def test_delta_events_are_framed_as_each_event_alone(texts: list[str]) -> None:
+    """Quotes, commas, backslashes and control characters in a delta: the batch's bytes are still
+    exactly its events framed one by one."""
+    expected = b"".join(streaming._event("delta", {"content": text}) for text in texts)
+    assert streaming.delta_events(texts) == expected

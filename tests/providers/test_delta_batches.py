@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 import ledger
 from service.providers import CompletionRequest, ProviderError, ReplyStream, StreamEnd, Usage
-from service.providers.openai import _SseEvents, estimate_tokens
+from service.providers.openai import _SseEvents, _StreamState, estimate_tokens
 from tests.providers.fake_openai import Behavior, FakeOpenAI
 from tests.providers.sse import STREAM_HEADERS, events
 from tests.providers.upstream import CONTENT, PATIENT_S, Upstream
@@ -37,29 +37,85 @@ STREAM = (
     b"retry: 10\n"
     b"data: [DONE]\n\n"
 )
-EVENTS = ['{"a": "café"}', '{"b":\n1}', "[DONE]"]
+EVENTS = ['{"a": "café"}'.encode(), b'{"b":\n1}', b"[DONE]"]
 
 
-def _parse(pieces: list[bytes]) -> list[str]:
+def _parse(pieces: list[bytes]) -> list[bytes]:
     parser = _SseEvents()
     found = [event for piece in pieces for event in parser.feed(piece)]
     return found + list(parser.close())
 
 
+def _split(stream: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(cut % (len(stream) + 1) for cut in cuts), len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(bounds)]
+
+
 @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=8))
 def test_the_same_events_however_the_bytes_are_split(cuts: list[int]) -> None:
     """Reads that end anywhere (inside a line, between \\r and \\n, inside a UTF-8 character)."""
-    bounds = [0, *sorted(cuts), len(STREAM)]
-    assert _parse([STREAM[a:b] for a, b in itertools.pairwise(bounds)]) == EVENTS
+    assert _parse(_split(STREAM, cuts)) == EVENTS
+
+
+def _by_the_spec(stream: bytes) -> list[bytes]:
+    """The data of each event, line by line as the SSE spec reads them (LF or CRLF line ends)."""
+    found, data = [], list[bytes]()
+    lines = stream.split(b"\n")
+    for line in lines[:-1]:
+        line = line.removesuffix(b"\r")
+        if not line:
+            if data:
+                found.append(b"\n".join(data))
+            data = []
+        elif line.split(b":", 1)[0] == b"data":  # a line without a colon is a field with no value
+            data.append(line[5:].removeprefix(b" "))
+    last = lines[-1].removesuffix(b"\r")
+    if last.split(b":", 1)[0] == b"data":
+        data.append(last[5:].removeprefix(b" "))
+    if data:
+        found.append(b"\n".join(data))
+    return found
+
+
+# The pieces of a model's stream: mostly what OpenAI sends (`data: <json>` and a blank line), mixed with
+# what the SSE format also allows, so that reads of plain events and of anything else meet.
+_LINES = st.sampled_from(
+    [
+        b'data: {"x": 1}\n\n',
+        b"data: [DONE]\n\n",
+        b"data: a\r\n\r\n",
+        b": keep-alive\n\n",
+        b"data: one\ndata: two\n\n",
+        b"event: e\ndata: f\n\n",
+        b"data:tight\n\n",
+        b"\n",
+        b"data: \n\n",
+        b"data:  spaced\n\n",
+        b"id: 7\n",
+        b"data: data: nested\n\n",
+    ]
+)
+
+
+@given(st.lists(_LINES, max_size=12), st.lists(st.integers(min_value=0), max_size=6))
+def test_plain_and_other_events_however_split_read_as_the_spec_says(
+    lines: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(lines)
+    assert _parse(_split(stream, cuts)) == _by_the_spec(stream)
 
 
 def test_an_event_the_body_ends_without_a_blank_line_still_counts() -> None:
-    assert _parse([b"data: last"]) == ["last"]
+    assert _parse([b"data: last"]) == [b"last"]
 
 
-def test_a_stream_that_is_not_utf8_fails() -> None:
+@pytest.mark.parametrize("chunk", [b'{"choices": [{"delta": {"content": "\xff"}}]}', b"\xff"])
+def test_a_stream_that_is_not_utf8_fails_after_the_deltas_before_it(chunk: bytes) -> None:
+    good = b'{"choices": [{"delta": {"content": "ok"}}]}'
+    deltas: list[str] = []
     with pytest.raises(ProviderError):
-        _parse([b"data: \xff\n\n"])
+        _StreamState().read([good, chunk, good], deltas)
+    assert deltas == ["ok"]
 
 
 async def _events(*batches: list[str]) -> AsyncGenerator[str | list[str] | StreamEnd, None]:

@@ -24,6 +24,8 @@ from service.providers.http import HttpPool, UpstreamError
 
 BODY = b'{"hello": "world"}'
 ANSWER = b"x" * 100_000
+# More than the kernel's socket buffers hold on both sides of a loopback connection.
+BIG = 400 * len(ANSWER)
 
 
 class Server:
@@ -32,6 +34,7 @@ class Server:
     def __init__(self) -> None:
         self.ports: list[int] = []
         self.arrived = asyncio.Event()
+        self.finished = asyncio.Event()
         self.release = asyncio.Event()
         self.app = web.Application()
         self.app.router.add_post("/{kind}", self.handle)
@@ -46,6 +49,15 @@ class Server:
             await self.release.wait()
         if kind == "close":
             return web.Response(body=ANSWER, headers={"Connection": "close"})
+        if kind == "big":
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for _ in range(BIG // len(ANSWER)):
+                await response.write(ANSWER)
+            await response.write_eof()
+            self.finished.set()
+            return response
         if kind in ("chunked", "until-close", "partial"):
             response = web.StreamResponse()
             if kind == "chunked":
@@ -92,6 +104,21 @@ async def test_every_body_framing_reads_the_same(server: Server, kind: str) -> N
     pool = _pool(server, kind)
     try:
         assert [await _post(pool) for _ in range(3)] == [ANSWER] * 3
+    finally:
+        await pool.close()
+
+
+async def test_an_answer_not_being_read_makes_the_server_wait(server: Server) -> None:
+    """A caller that does not read: the pool stops reading too (the server's writes wait), rather
+    than holding the whole answer in memory; read on, the answer is whole."""
+    pool = _pool(server, "big")
+    try:
+        response = await pool.post(BODY, accept="*/*", deadline=_deadline())
+        await asyncio.sleep(0.5)
+        assert not server.finished.is_set()
+        assert len(await response.read(_deadline())) == BIG
+        response.release()
+        await asyncio.wait_for(server.finished.wait(), 5)
     finally:
         await pool.close()
 
