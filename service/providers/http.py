@@ -190,6 +190,9 @@ class Response:
 
     async def read(self, deadline: float) -> bytes:
         """The whole body."""
+        connection = self._connection
+        if connection.complete:  # it came with the head, as a short answer does: no wait
+            return connection.take()
         parts = []
         while data := await self.read_some(deadline):
             parts.append(data)
@@ -238,20 +241,27 @@ class HttpPool:
         self.wait_s = wait_s
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(limit)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._open: set[_Connection] = set()
 
-    async def post(self, body: bytes, *, accept: str, deadline: float) -> Response:
+    def time(self) -> float:
+        """The event loop's clock, which deadlines are on. The loop is looked up once: each
+        `asyncio.get_running_loop()` is a getpid() system call (it checks for a fork)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
+
+    async def post(self, body: bytes, *, accept: bytes, deadline: float) -> Response:
         """POST `body` (JSON) and read the answer's head; its body is the caller's to read."""
-        loop = asyncio.get_running_loop()
         if self._slots.locked():
-            async with asyncio.timeout_at(min(deadline, loop.time() + self.wait_s)):
+            async with asyncio.timeout_at(min(deadline, self.time() + self.wait_s)):
                 await self._slots.acquire()
         else:
             await self._slots.acquire()
         connection: _Connection | None = None
         try:
-            connection = await self._connection(loop, deadline)
-            head = b"%sAccept: %s\r\nContent-Length: %d\r\n\r\n" % (self._head, accept.encode(), len(body))
+            connection = self._idle_connection() or await self._new_connection(deadline)
+            head = b"%sAccept: %s\r\nContent-Length: %d\r\n\r\n" % (self._head, accept, len(body))
             connection.send(head + body)
             while not connection.headers_done:
                 if connection.error is not None:
@@ -266,12 +276,16 @@ class HttpPool:
             raise
         return Response(self, connection)
 
-    async def _connection(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+    def _idle_connection(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()
             if connection.reusable:
                 return connection
             self._open.discard(connection)
+        return None
+
+    async def _new_connection(self, deadline: float) -> _Connection:
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout_at(min(deadline, loop.time() + self.connect_timeout_s)):
             _transport, connection = await loop.create_connection(
                 _Connection,

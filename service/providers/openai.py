@@ -143,6 +143,26 @@ class _Retry(Exception):
         self.failure = failure
         self.retry_after_s = retry_after_s
 
+    @classmethod
+    def unreachable(cls, exc: OSError) -> _Retry:
+        """No answer: a connection that failed, or one that stayed silent past its timeout."""
+        if isinstance(exc, TimeoutError):
+            retry = cls(ProviderTimeout("The model did not answer in time."))
+        else:
+            retry = cls(ProviderError(f"Could not reach the model ({type(exc).__name__})."))
+        retry.__cause__ = exc
+        return retry
+
+    @classmethod
+    def refused(cls, response: Response) -> _Retry:
+        """An answer other than 200: worth another attempt (408, 409, 429, 5xx), or raised at once."""
+        response.release()
+        failure = ProviderError(f"The model answered HTTP {response.status}.")
+        if response.status in RETRY_STATUSES or response.status >= 500:
+            return cls(failure, _retry_after_s(response.headers))
+        log.warning("upstream_refused", status=response.status)
+        raise failure
+
 
 class OpenAIProvider:
     """An OpenAI-compatible upstream. Construct inside the running loop (it opens its session)."""
@@ -321,40 +341,30 @@ class OpenAIProvider:
         return msgspec.json.encode(body)
 
     def _deadline(self) -> float:
-        return asyncio.get_running_loop().time() + self._total_timeout_s
+        return self._pool.time() + self._total_timeout_s
 
     async def _post(self, body: bytes, *, stream: bool, deadline: float) -> Response:
         """The upstream's 200 answer, its body not yet read; retried only up to here."""
         attempt = 0
         while True:
             try:
-                return await self._post_once(body, stream=stream, deadline=deadline)
-            except _Retry as retry:
-                delay_s = min(max(self._retry_backoff_s * 2**attempt, retry.retry_after_s), RETRY_DELAY_MAX_S)
-                out_of_time = asyncio.get_running_loop().time() + delay_s >= deadline
-                if attempt >= self._max_retries or out_of_time:
-                    raise retry.failure from retry.__cause__
-                attempt += 1
-                log.warning("upstream_retry", attempt=attempt, reason=str(retry.failure), delay_s=delay_s)
-                await asyncio.sleep(delay_s)
+                response = await self._pool.post(body, accept=_ACCEPT[stream], deadline=deadline)
+            except OSError as exc:  # the pool's timeouts are TimeoutErrors, which are OSErrors
+                retry = _Retry.unreachable(exc)
+            else:
+                if response.status == 200:
+                    return response
+                retry = _Retry.refused(response)
+            delay_s = min(max(self._retry_backoff_s * 2**attempt, retry.retry_after_s), RETRY_DELAY_MAX_S)
+            out_of_time = self._pool.time() + delay_s >= deadline
+            if attempt >= self._max_retries or out_of_time:
+                raise retry.failure from retry.__cause__
+            attempt += 1
+            log.warning("upstream_retry", attempt=attempt, reason=str(retry.failure), delay_s=delay_s)
+            await asyncio.sleep(delay_s)
 
-    async def _post_once(self, body: bytes, *, stream: bool, deadline: float) -> Response:
-        accept = "text/event-stream" if stream else "application/json"
-        try:
-            response = await self._pool.post(body, accept=accept, deadline=deadline)
-        # The pool's timeouts are TimeoutErrors, which are OSErrors too: this clause must come first.
-        except TimeoutError as exc:
-            raise _Retry(ProviderTimeout("The model did not answer in time.")) from exc
-        except OSError as exc:
-            raise _Retry(ProviderError(f"Could not reach the model ({type(exc).__name__}).")) from exc
-        if response.status == 200:
-            return response
-        response.release()
-        failure = ProviderError(f"The model answered HTTP {response.status}.")
-        if response.status in RETRY_STATUSES or response.status >= 500:
-            raise _Retry(failure, _retry_after_s(response.headers))
-        log.warning("upstream_refused", status=response.status)
-        raise failure
+
+_ACCEPT = {False: b"application/json", True: b"text/event-stream"}
 
 
 def _retry_after_s(headers: Mapping[str, str]) -> float:

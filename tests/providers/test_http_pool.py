@@ -92,7 +92,7 @@ def _deadline(seconds: float = 10) -> float:
 
 
 async def _post(pool: HttpPool, *, read: bool = True) -> bytes:
-    response = await pool.post(BODY, accept="application/json", deadline=_deadline())
+    response = await pool.post(BODY, accept=b"application/json", deadline=_deadline())
     assert response.status == 200
     body = await response.read(_deadline()) if read else b""
     response.release()
@@ -113,7 +113,7 @@ async def test_an_answer_not_being_read_makes_the_server_wait(server: Server) ->
     than holding the whole answer in memory; read on, the answer is whole."""
     pool = _pool(server, "big")
     try:
-        response = await pool.post(BODY, accept="*/*", deadline=_deadline())
+        response = await pool.post(BODY, accept=b"*/*", deadline=_deadline())
         await asyncio.sleep(0.5)
         assert not server.finished.is_set()
         assert len(await response.read(_deadline())) == BIG
@@ -159,10 +159,10 @@ async def test_an_answer_left_unread_closes_its_connection(server: Server) -> No
 async def test_the_limit_makes_the_next_caller_wait_until_its_deadline(server: Server) -> None:
     pool = _pool(server, "slow", limit=1)
     try:
-        first = asyncio.create_task(pool.post(BODY, accept="application/json", deadline=_deadline()))
+        first = asyncio.create_task(pool.post(BODY, accept=b"application/json", deadline=_deadline()))
         await server.arrived.wait()
         with pytest.raises(TimeoutError):
-            await pool.post(BODY, accept="application/json", deadline=_deadline(0.2))
+            await pool.post(BODY, accept=b"application/json", deadline=_deadline(0.2))
         server.release.set()
         (await first).release()
     finally:
@@ -173,7 +173,7 @@ async def test_a_read_stall_times_out(server: Server) -> None:
     pool = HttpPool(f"{server.url}/slow", {}, connect_timeout_s=5, read_timeout_s=0.2)
     try:
         with pytest.raises(TimeoutError):
-            await pool.post(BODY, accept="application/json", deadline=_deadline())
+            await pool.post(BODY, accept=b"application/json", deadline=_deadline())
     finally:
         await pool.close()
 
@@ -189,7 +189,7 @@ async def test_a_server_that_is_not_http_fails(aiohttp_raw_server: Any) -> None:
     pool = HttpPool(str(raw.make_url("/x")), {}, connect_timeout_s=5, read_timeout_s=5)
     try:
         with pytest.raises(UpstreamError):
-            await pool.post(BODY, accept="application/json", deadline=_deadline())
+            await pool.post(BODY, accept=b"application/json", deadline=_deadline())
     finally:
         await pool.close()
 
@@ -239,6 +239,6 @@ async def test_https_is_verified_and_works(aiohttp_server: Any, certificate: tup
     untrusting = HttpPool(url, {}, connect_timeout_s=5, read_timeout_s=5)
     try:
         with pytest.raises(ssl.SSLCertVerificationError):
-            await untrusting.post(BODY, accept="application/json", deadline=_deadline())
+            await untrusting.post(BODY, accept=b"application/json", deadline=_deadline())
     finally:
         await untrusting.close()
