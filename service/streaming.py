@@ -14,13 +14,12 @@ settles it): a client that disconnects, a model that fails or stalls (then the `
 model that goes past the reply budget (cut there, then `done`) each leave the prompt plus the delivered
 tokens charged, never more than the hold, and the partial reply saved, flagged truncated.
 
-The response is a chunked aiohttp StreamResponse with the headers an event stream needs, not
-aiohttp-sse's EventSourceResponse: that one costs a task (its pinger) and three socket options (a TCP
-user timeout set and restored) per stream and a timeout scope per write, which made up a large part of
-what a short streamed reply cost over a whole one. Here a stream that goes quiet for PING_INTERVAL_S
-gets a comment line (`: ping`, which EventSource ignores) so that proxies keep it open, by a timer
-armed once and moved on each write; a write that cannot finish within SEND_TIMEOUT_S (a client that
-stopped reading) aborts the connection, by a timer armed only around that write.
+The response is a plain chunked StreamResponse with the headers an event stream needs. A stream that
+goes quiet for PING_INTERVAL_S gets a comment line (`: ping`, which EventSource ignores) so that
+proxies keep it open, from one timer that the writes move along; a write that cannot finish within
+SEND_TIMEOUT_S (a client that stopped reading) aborts the connection, from one timer around that
+write. Timers, not a pinger task and timeout scopes: a short reply pays for no machinery it does not
+use (design.md section 8).
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ EVENT_STREAM = "text/event-stream"
 # What a write to a client that left raises: a reset connection, or the send timeout on a client that
 # stopped reading.
 CLIENT_GONE = (ConnectionResetError, TimeoutError)
-# A stream with nothing to say for this long says `: ping`, as aiohttp-sse does.
+# A stream with nothing to say for this long says `: ping`.
 PING_INTERVAL_S = 15.0
 # A write that waits this long for the client to take the bytes before it ends the connection.
 SEND_TIMEOUT_S = 120.0
