@@ -27,8 +27,9 @@ def _checked_uuid(value: str) -> str:
 
 
 # The suffixes of the exchange scripts' keys after the chat's tag, in their KEYS order: meta, messages,
-# deadlines, reservations, journal, context tokens (the one-key methods of Keyspace, in that order).
-_EXCHANGE_KEY_SUFFIXES = (":meta", ":msgs", ":res", ":resv", ":journal", ":tok")
+# deadlines, reservations, journal, context tokens, latest resolutions (the one-key methods of Keyspace,
+# in that order).
+_EXCHANGE_KEY_SUFFIXES = (":meta", ":msgs", ":res", ":resv", ":journal", ":tok", ":done")
 # The exchange keys of this many chats are remembered (two script calls a message build them).
 _EXCHANGE_KEYS_CACHED_MAX = 4096
 
@@ -60,7 +61,8 @@ class Keyspace:
         return f"{self.chat_tag(chat_id)}:msgs"
 
     def chat_deadlines(self, chat_id: str) -> str:
-        """Sorted set: reservation id -> deadline (open) or forget-time (resolved), in server ms."""
+        """Sorted set: reservation id -> deadline (open) or forget-time (expired), in server ms, and `~`,
+        never due, so the set never empties once it exists."""
         return f"{self.chat_tag(chat_id)}:res"
 
     def chat_reservations(self, chat_id: str) -> str:
@@ -77,6 +79,12 @@ class Keyspace:
         CONTEXT_TOKENS_KEPT of them; `pack_count` in ledger/lua/_prelude.lua), kept by settle; the meta
         field `ctxlen` is the stream length they were last in step with."""
         return f"{self.chat_tag(chat_id)}:tok"
+
+    def chat_resolved(self, chat_id: str) -> str:
+        """String: the chat's latest settled and voided reservations, ';<id>=<s|v>' each, newest last
+        (about RESOLVED_BYTES to twice that; `resolve` in ledger/lua/_prelude.lua), so a replayed settle
+        or void is recognised after the hold's own records are gone."""
+        return f"{self.chat_tag(chat_id)}:done"
 
     def chat_idempotency(self, chat_id: str, key_digest: str) -> str:
         """String with a TTL: the record of one Idempotency-Key on this chat (design.md section 5)."""

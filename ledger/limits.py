@@ -33,8 +33,9 @@ CHATS_BATCH = 100
 JOURNAL_KEPT = 16
 JOURNAL_FOLD_BATCH = 32
 
-# Bytes of a chat's latest settled and voided hold ids kept (14 ids at least) so a replayed settle or
-# void is recognised; the holds' own records go when they are resolved.
+# Bytes of a chat's latest settled and voided hold ids kept (14 ids at least, in a string of their own:
+# Keyspace.chat_resolved) so a replayed settle or void is recognised; the holds' own records go when
+# they are resolved.
 RESOLVED_BYTES = 512
 
 # Entries skipped per XRANGE call when history.lua walks to an offset: bounds the Lua memory of a deep page.

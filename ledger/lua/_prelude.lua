@@ -121,17 +121,19 @@ end
 -- checkpoint fields, in the script that wrote the entry, so at every moment the checkpoint plus the
 -- entries left add up to the counters exactly (design.md section 12). Fields: jn entries folded, jdu
 -- jdr jdl jsf the sums of their deltas and clamped amounts, jex how many were expiries, jto the id of
--- the newest folded entry (Ledger.read_journal shows them as one `checkpoint` entry). The stream is
--- rebuilt from the entries kept, under their own ids: trimming would leave the folded entries' bytes
--- in a half-emptied node, as large as the entries kept.
-local function fold_journal(journal_key)
-  if redis.call('XLEN', journal_key) < JOURNAL_KEPT + JOURNAL_FOLD_BATCH then
+-- the newest folded entry (Ledger.read_journal shows them as one `checkpoint` entry). Only the entries
+-- folded are read (a stream entry turned into Lua tables is most of a fold's cost), and they are
+-- trimmed, not the stream rebuilt from the entries kept (re-adding them cost half as much again): a
+-- node keeps a trimmed entry's bytes until its last entry goes, so the journal may hold one node more
+-- (design.md section 12).
+local function fold_journal(journal_key, length)
+  if length < JOURNAL_KEPT + JOURNAL_FOLD_BATCH then
     return
   end
-  local entries = redis.call('XRANGE', journal_key, '-', '+')
-  local folded = #entries - JOURNAL_KEPT
+  local folded = length - JOURNAL_KEPT
+  local entries = redis.call('XRANGE', journal_key, '-', '+', 'COUNT', folded)
   local du, dr, dl, sf, ex = 0, 0, 0, 0, 0
-  for i = 1, folded do
+  for i = 1, #entries do
     -- Written by `journal` below, always in this order: op, rid, du, dr, dl, sf.
     local f = entries[i][2]
     du, dr, dl, sf = du + f[6], dr + f[8], dl + f[10], sf + f[12]
@@ -141,24 +143,25 @@ local function fold_journal(journal_key)
   end
   local meta_key = string.sub(journal_key, 1, -8) .. 'meta'
   local c = redis.call('HMGET', meta_key, 'jn', 'jdu', 'jdr', 'jdl', 'jsf', 'jex')
-  redis.call('HSET', meta_key, 'jn', int((tonumber(c[1]) or 0) + folded),
+  redis.call('HSET', meta_key, 'jn', int((tonumber(c[1]) or 0) + #entries),
     'jdu', int((tonumber(c[2]) or 0) + du), 'jdr', int((tonumber(c[3]) or 0) + dr),
     'jdl', int((tonumber(c[4]) or 0) + dl), 'jsf', int((tonumber(c[5]) or 0) + sf),
-    'jex', int((tonumber(c[6]) or 0) + ex), 'jto', entries[folded][1])
-  redis.call('DEL', journal_key)
-  for i = folded + 1, #entries do
-    redis.call('XADD', journal_key, entries[i][1], unpack(entries[i][2]))
-  end
+    'jex', int((tonumber(c[6]) or 0) + ex), 'jto', entries[#entries][1])
+  redis.call('XTRIM', journal_key, 'MAXLEN', length - #entries)
 end
 
 -- One journal entry per balance move, written by the script that makes the move, so the journal can
 -- never disagree with the counters: the deltas of every entry (and the checkpoint's sums, above) add
 -- up to used, reserved and limit. Every entry has the same fields, so the stream's listpacks store the
 -- names once. `clamped` is what a settle's cost exceeded its hold by (recorded, not charged; 'sf').
+-- A reserve's entry does not look for a fold (one XLEN less a message): its hold's settle, void or
+-- expiry writes the next entry and does, so the journal holds at most one entry more per open hold.
 local function journal(journal_key, op, reservation_id, d_used, d_reserved, d_limit, clamped)
   redis.call('XADD', journal_key, '*', 'op', op, 'rid', reservation_id,
     'du', int(d_used), 'dr', int(d_reserved), 'dl', int(d_limit), 'sf', int(clamped))
-  fold_journal(journal_key)
+  if op ~= 'reserve' then
+    fold_journal(journal_key, redis.call('XLEN', journal_key))
+  end
 end
 
 -- Lazy reaping: release open holds whose deadline has passed (their worker died or hung) and forget
@@ -199,15 +202,18 @@ local function reap(meta_key, deadlines_key, reservations_key, journal_key, chat
   return expired
 end
 
--- Settled and voided holds are forgotten at once: their two records go, and the id joins a short list
--- of the chat's latest resolutions, field RESOLVED of the reservations hash (';<id>=<state>' each, newest
--- last, the newest RESOLVED_BYTES of them at least: 14 holds), which is all a replayed settle or
--- void needs to be recognised and change nothing. Expired holds keep their records for the retention (a hung worker's settle may come late).
+-- Settled and voided holds are forgotten at once: their two records go, and the id joins the chat's
+-- list of latest resolutions, a string of its own (';<id>=<state>' each, newest last), cut back to its
+-- newest RESOLVED_BYTES (14 holds at least) once it holds twice that. That is all a replayed settle or
+-- void needs to be recognised and change nothing. APPEND answers the list's length, so a resolution
+-- never reads the list into Lua (a kilobyte string read, extended and written back on every one cost
+-- more than the rest of the resolution). A chat resolved before the list had a key of its own kept it
+-- in field RESOLVED of the reservations hash, still read when a reservation has no record. Expired
+-- holds keep their records for the retention (a hung worker's settle may come late).
 local RESOLVED = '~'
 
--- The state of a resolved reservation the list remembers, or nil.
-local function recently_resolved(reservations_key, id)
-  local list = redis.call('HGET', reservations_key, RESOLVED)
+-- The state that a list of resolutions (a string, or false for none) gives the reservation, or nil.
+local function state_in(list, id)
   if not list then
     return nil
   end
@@ -216,8 +222,10 @@ local function recently_resolved(reservations_key, id)
 end
 
 -- The open amount of a reservation, or nil plus the status naming why it cannot be resolved.
-local function open_amount(reservations_key, id)
-  local state = redis.call('HGET', reservations_key, id) or recently_resolved(reservations_key, id)
+local function open_amount(reservations_key, resolved_key, id)
+  local state = redis.call('HGET', reservations_key, id)
+    or state_in(redis.call('GET', resolved_key), id)
+    or state_in(redis.call('HGET', reservations_key, RESOLVED), id)
   if not state then
     return nil, 'reservation_not_found'
   elseif state == SETTLED then
@@ -230,32 +238,37 @@ local function open_amount(reservations_key, id)
   return tonumber(state), nil
 end
 
--- Mark a reservation settled or voided: its records go, and the list of the latest resolutions notes
--- it, cut back to its newest RESOLVED_BYTES once it holds twice that (not on every resolution).
-local function resolve(deadlines_key, reservations_key, id, state, now, retention_ms)
+-- Mark a reservation settled or voided: its records go, and the list of the latest resolutions notes it.
+-- The deadlines set and the reservations hash never empty (Redis would delete them), as every key of a
+-- script must exist on a node importing the chat's slot while it migrates: each keeps a member RESOLVED
+-- that no reservation removes (never due; in the hash, '' or a chat's older list), written at the chat's
+-- first resolution with the list in its own key, which APPEND tells: the list is then this one entry.
+local function resolve(deadlines_key, reservations_key, resolved_key, id, state)
   redis.call('HDEL', reservations_key, id)
   redis.call('ZREM', deadlines_key, id)
-  -- The deadlines set never empties (Redis would delete it): a member that is never due keeps it, as
-  -- every key of a script must exist on a node importing the chat's slot while it migrates.
-  redis.call('ZADD', deadlines_key, 'NX', NEVER, RESOLVED)
-  local list = (redis.call('HGET', reservations_key, RESOLVED) or '') .. ';' .. id .. '=' .. state
-  if #list > 2 * RESOLVED_BYTES then
-    list = string.sub(list, (string.find(list, ';', #list - RESOLVED_BYTES, true)))
+  local entry = ';' .. id .. '=' .. state
+  local bytes = redis.call('APPEND', resolved_key, entry)
+  if bytes == #entry then
+    redis.call('ZADD', deadlines_key, 'NX', '9007199254740991', RESOLVED)
+    redis.call('HSETNX', reservations_key, RESOLVED, '')
+  elseif bytes > 2 * RESOLVED_BYTES then
+    local newest = redis.call('GETRANGE', resolved_key, -RESOLVED_BYTES, -1)
+    redis.call('SET', resolved_key, string.sub(newest, (string.find(newest, ';', 1, true))))
   end
-  redis.call('HSET', reservations_key, RESOLVED, list)
 end
 
 -- The shared opening of settle and void: load the chat, reap due holds (this one included, if its
 -- deadline passed), and find the reservation still open. Returns chat, granted milli-tokens and the
 -- server time, or nil and (in the second place) the status saying why not.
-local function open_reservation(meta_key, deadlines_key, reservations_key, journal_key, id, retention_ms)
+local function open_reservation(meta_key, deadlines_key, reservations_key, journal_key, resolved_key, id,
+    retention_ms)
   local chat = load_chat(meta_key)
   if not chat then
     return nil, 'not_found'
   end
   local now = now_ms()
   reap(meta_key, deadlines_key, reservations_key, journal_key, chat, now, retention_ms)
-  local granted, status = open_amount(reservations_key, id)
+  local granted, status = open_amount(reservations_key, resolved_key, id)
   if not granted then
     return nil, status
   end

@@ -1,7 +1,8 @@
 -- reserve: hold enough of a chat's budget for one exchange, and price the history the model needs.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
--- KEYS[5] journal stream   KEYS[6] packed token counts   KEYS[7] (optional) the Idempotency-Key's record
--- KEYS[8] (with KEYS[7]) the chat's index of its idempotency records
+-- KEYS[5] journal stream   KEYS[6] packed token counts   KEYS[7] latest resolutions (unused: every
+-- exchange script takes the same keys)   KEYS[8] (optional) the Idempotency-Key's record
+-- KEYS[9] (with KEYS[8]) the chat's index of its idempotency records
 -- ARGV[1] caller's config id (a chat of another config reads as not found)
 -- ARGV[2] reservation id (fresh per request)
 -- ARGV[3] the numbers, packed (ledger/packing.py), in this order:
@@ -10,7 +11,7 @@
 --   token; completion_tokens_max: most reply tokens wanted; history_tokens_max: the context budget for
 --   history, in tokens; history_count_max: most history messages to consider; ttl_ms: the hold's
 --   deadline from now; retention_ms of resolved records; record_ttl_ms: the idempotency record's
---   lifetime (with KEYS[7]); hold_shares: a hold's reply part is at most this share of the reply tokens
+--   lifetime (with KEYS[8]); hold_shares: a hold's reply part is at most this share of the reply tokens
 --   free (design.md section 4); known_tokens and known_count (see ARGV[4])
 -- ARGV[4] how the caller gets the context (ContextMode in ledger/scripts.py):
 --   CONTEXT_IN_REPLY: the reply's last element carries the context's entries;
@@ -20,7 +21,7 @@
 --     ARGV[5] is still the newest message, since pricing the counts in Lua is the dearest part of this
 --     script; else the chat is priced here.
 -- ARGV[5] the caller's newest message id ('' unless ARGV[4] is CONTEXT_PRICED_BY_CALLER)
--- ARGV[6] the request's fingerprint (only with KEYS[7])
+-- ARGV[6] the request's fingerprint (only with KEYS[8])
 -- Clock: Redis TIME only.
 -- Reply, one shape whatever ARGV[4]:
 --   {'ok', granted_milli, prompt_milli_total, completion_tokens, expired_count, context_count, length,
@@ -35,8 +36,8 @@
 --   {'in_flight'} (the key's exchange is still open); {'key_reused'} (another request's key).
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local context_key = KEYS[6]
-local record_key = KEYS[7]
-local record_index = KEYS[8]
+local record_key = KEYS[8]
+local record_index = KEYS[9]
 local config_id = ARGV[1]
 local reservation_id = ARGV[2]
 local prompt_milli, prompt_weight_milli, completion_weight_milli, completion_tokens_max,

@@ -2,15 +2,15 @@
 -- the user message and the reply to the history as one atomic pair.
 -- KEYS[1] meta hash   KEYS[2] messages stream   KEYS[3] deadlines zset   KEYS[4] reservations hash
 -- KEYS[5] journal stream   KEYS[6] packed token counts (kept in step with the stream)
--- KEYS[7] (optional) the Idempotency-Key's record, marked done here
+-- KEYS[7] latest resolutions   KEYS[8] (optional) the Idempotency-Key's record, marked done here
 -- ARGV[1] reservation id
 -- ARGV[2] the numbers, packed (ledger/packing.py): charge_milli (prompt and reply tokens times their
 --         weights), retention_ms of the resolved record, record_ttl_ms (the idempotency record's
---         lifetime, with KEYS[7])
+--         lifetime, with KEYS[8])
 -- ARGV[3] user message content   ARGV[4] its tokens
 -- ARGV[5] reply content          ARGV[6] its tokens
 -- ARGV[7] reply flags ('t' truncated, 'e' usage estimated; this script adds 's' when it clamps)
--- ARGV[8] the request's fingerprint (only with KEYS[7])
+-- ARGV[8] the request's fingerprint (only with KEYS[8])
 -- Clock: Redis TIME only (the time part of stream ids, and the retention).
 -- Reply: {'ok', charged_milli, clamped_milli, user_entry_id, reply_entry_id, limit, used, reserved,
 --        previous_id, length} where previous_id is the newest message before this pair ('' when the
@@ -18,8 +18,8 @@
 --        worker whose context cache ended at previous_id can add the pair (ledger/context.py);
 --        {'not_found'}; {'deleted'} (the hold is voided); or a reservation status from open_amount.
 local meta, msgs, deadlines, reservations, journal_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local context_key = KEYS[6]
-local record_key = KEYS[7]
+local context_key, resolved = KEYS[6], KEYS[7]
+local record_key = KEYS[8]
 local reservation_id = ARGV[1]
 local charge_milli, retention_ms, record_ttl_ms = unpack_numbers('>I8I8I8', ARGV[2])
 local user_content, user_tokens = ARGV[3], ARGV[4]
@@ -27,8 +27,8 @@ local reply_content, reply_tokens = ARGV[5], ARGV[6]
 local flags = ARGV[7]
 local fingerprint = ARGV[8]
 
-local chat, granted, now = open_reservation(meta, deadlines, reservations, journal_key, reservation_id,
-  retention_ms)
+local chat, granted, now = open_reservation(meta, deadlines, reservations, journal_key, resolved,
+  reservation_id, retention_ms)
 if not chat then
   return {granted} -- on failure the second value is the status
 end
@@ -37,7 +37,7 @@ chat.reserved = chat.reserved - granted
 if chat.deleted then
   -- Deleted while the model ran: a deleted chat takes no messages and no tokens (api.md Part B 9).
   redis.call('HSET', meta, 'reserved', int(chat.reserved))
-  resolve(deadlines, reservations, reservation_id, VOIDED, now, retention_ms)
+  resolve(deadlines, reservations, resolved, reservation_id, VOIDED)
   journal(journal_key, 'void', reservation_id, 0, -granted, 0, 0)
   return {'deleted'}
 end
@@ -54,7 +54,7 @@ if clamped > 0 then
   redis.call('HINCRBY', meta, 'clamped', int(clamped))
 end
 chat.used = chat.used + charged
-resolve(deadlines, reservations, reservation_id, SETTLED, now, retention_ms)
+resolve(deadlines, reservations, resolved, reservation_id, SETTLED)
 journal(journal_key, 'settle', reservation_id, charged, -granted, 0, clamped)
 
 -- Entry ids say where a message is: '<position>-<time ms>', the position counted from 0, so an offset

@@ -65,6 +65,7 @@ async def chat_snapshot(redis: Redis, keyspace: Keyspace, chat_id: str) -> dict[
         "res": await redis.zrange(keyspace.chat_deadlines(chat_id), 0, -1, withscores=True),
         "resv": await redis.hgetall(keyspace.chat_reservations(chat_id)),
         "journal": await redis.xrange(keyspace.chat_journal(chat_id)),
+        "done": await redis.get(keyspace.chat_resolved(chat_id)),
     }
 
 

@@ -38,7 +38,7 @@ class TestChatKeys:
         """Every key of one chat hashes to the same cluster slot, through the `{c:<id>}` tag."""
         keyspace = Keyspace("cl")
         keys = [*keyspace.chat_keys(CHAT_ID), keyspace.chat_idempotency(CHAT_ID, "ab" * 32)]
-        assert len(keys) == len(set(keys)) == 7
+        assert len(keys) == len(set(keys)) == 8
         assert len(slots(keys)) == 1
 
     def test_chat_keys_are_the_one_key_names_in_script_order(self) -> None:
@@ -51,6 +51,7 @@ class TestChatKeys:
             keyspace.chat_reservations(CHAT_ID),
             keyspace.chat_journal(CHAT_ID),
             keyspace.chat_context_tokens(CHAT_ID),
+            keyspace.chat_resolved(CHAT_ID),
         ]
 
     def test_different_chats_use_their_own_tag(self) -> None:
