@@ -187,6 +187,16 @@ class ReplyStream:
             if isinstance(event, StreamEnd):
                 self._end = event
                 continue
+            if (
+                isinstance(event, list)
+                and event
+                and all(event)
+                and (budget is None or len(self._parts) + len(event) <= budget)
+            ):
+                # The common batch, passed on as it is: pieces, none empty, all within the budget.
+                self._parts += event
+                yield event
+                continue
             batch: list[str] = []
             for piece in (event,) if isinstance(event, str) else event:
                 if not piece:

@@ -76,35 +76,38 @@ def estimate_tokens(text: str) -> int:
 
 
 # --- the wire format (only the fields we read; unknown ones are ignored) --------------------------------
+# Decoded trees hold no reference cycles, so their structs are not tracked by the garbage collector
+# (gc=False): a streamed reply decodes a few objects per token, which would otherwise bring the next
+# young-generation collection closer.
 
 
-class _Message(msgspec.Struct):
+class _Message(msgspec.Struct, gc=False):
     content: str | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     message: _Message
     finish_reason: str | None = None
 
 
-class _Response(msgspec.Struct):
+class _Response(msgspec.Struct, gc=False):
     choices: list[_Choice]
     # Kept undecoded (an empty Raw when absent), so that usage that cannot be true makes the usage
     # missing, not the whole answer unreadable: `_usage_of` decodes it on its own.
     usage: msgspec.Raw = msgspec.Raw()
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
 
 
-class _ChunkChoice(msgspec.Struct):
+class _ChunkChoice(msgspec.Struct, gc=False):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
 
 
-class _Chunk(msgspec.Struct):
+class _Chunk(msgspec.Struct, gc=False):
     # Null or empty on the usage chunk, depending on the server.
     choices: list[_ChunkChoice] | None = None
     # As in _Response; most servers send `"usage": null` on every chunk but the last.
