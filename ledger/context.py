@@ -11,8 +11,12 @@ history is append-only, so a worker that read a chat's newest messages once need
 since. The script returns the stream's length and newest id, which check every merge: the new entries
 must be exactly what the stream grew by and end at its newest entry. A cache that fails the check (a
 stream recreated after a data loss, say) is dropped and the context read again, anchored at that
-newest id, so the result is always what a whole read in the transaction would have given. The cache
-holds nothing that matters: losing it costs one whole read.
+newest id, so the result is always what a whole read in the transaction would have given. A history
+written again as long as the one cached differs in its newest id's time part alone (ids are
+`<position>-<time ms>`): the entries at the reused positions are written after the loss (a failover or a
+restart, far longer than a millisecond) on the store's clock then; only a clock behind by that long (set
+back, or a promoted replica's running behind the lost primary's) could repeat an id, to the millisecond.
+The cache holds nothing that matters: losing it costs one whole read.
 
 A worker's own settle adds its pair to the cache (settle.lua says where it appended), so its next
 reserve of the chat finds the cache current and sends its own pricing of the context with the newest

@@ -4,6 +4,9 @@ and it stays bounded.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from redis.asyncio import Redis
 
@@ -15,6 +18,13 @@ from tests.integration.helpers import numbered_exchanges, reserve, settle, voide
 
 async def _newest(ledger: Ledger, config: ConfigRecord, chat_id: str, count: int = 6) -> list[str]:
     return [m.content for m in (await voided_context(ledger, config, chat_id, count)).context]
+
+
+async def _newest_id(redis_client: RedisClient, messages_key: str) -> str:
+    """The stream id of a chat's newest message."""
+    newest = await redis_client.xrevrange(messages_key, count=1)
+    assert newest, "the chat has messages"
+    return str(newest[0][0])
 
 
 class TestContextCache:
@@ -63,12 +73,26 @@ class TestContextCache:
             == ["q0", "a0", "q1", "a1", "q2", "a2"][: 2 * exchanges]
         )
         keys = ledger.keys
+        cached_id = await _newest_id(redis_client, keys.chat_messages(chat.chat_id))
         await redis_client.delete(keys.chat_messages(chat.chat_id), keys.chat_context_tokens(chat.chat_id))
         await redis_client.hdel(keys.chat_meta(chat.chat_id), "ctxlen", "last")
+        # A real data loss (a failover, a restart) takes far longer than a millisecond, and the entries
+        # written after it take their time part from the store's clock then: an id at a reused position
+        # is never the lost one's. Written back within the same millisecond, as a fast run here could,
+        # the recreated history would carry the cached ids themselves, which its length and newest id
+        # cannot tell from the cache.
+        # Every backend here runs on this machine's clock, so the rewrite waits until it is past the
+        # cached newest id's millisecond (a millisecond more, for the event loop's own clock).
+        cached_ms = int(cached_id.split("-")[1])
+        await asyncio.sleep(max((cached_ms + 1) / 1000 - time.time(), 0) + 0.001)
         other = Ledger(redis_client, keys)
         for n in range(2):
             held = await reserve(other, config, chat.chat_id, prompt_tokens=1, completion_tokens_max=1)
             await settle(other, held, charge_milli=1, user=f"new q{n}", reply=f"new a{n}")
+        recreated_id = await _newest_id(redis_client, keys.chat_messages(chat.chat_id))
+        # The newest id differs in its time part alone when the histories are as long.
+        assert recreated_id != cached_id
+        assert (recreated_id.split("-")[0] == cached_id.split("-")[0]) == (exchanges == 2)
         expected = ["new q0", "new a0", "new q1", "new a1"]
         assert await _newest(ledger, config, chat.chat_id) == expected
         assert await _newest(ledger, config, chat.chat_id) == expected
