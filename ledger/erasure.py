@@ -78,7 +78,8 @@ class Erasure:
         The config and its keys go first, so no new chat can join it while its chats are erased;
         then each batch of the all-chats index (and of the two others, should they hold a stray id) is
         erased and dropped from the indexes; the indexes go last, then the retention backfill's marker.
-        Run again after a crash, it resumes where the indexes say. Whether there was a config to erase is `config_exists`, asked before."""
+        Run again after a crash, it resumes where the indexes say. Whether there was a config to erase
+        is `config_exists`, asked before."""
         await TenantStore(self.redis, self.keys).delete_config(config_id)
         erased = 0
         for index in (
