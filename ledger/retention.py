@@ -124,36 +124,46 @@ class Retention(Erasure):
     async def _backfill_config(
         self, config_id: str, position: str | None, budget: int | None
     ) -> tuple[int, int]:
-        """Read the config's all-chats index from `position` ('<score> <skip>': the first `skip` chats
-        of that score are read; None: from the start), at most `budget` chats (None: all), and add its
-        deleted chats missing from the deleted index. Marks the config done at the end of the index,
-        or saves the position. Returns (chats read, chats added).
+        """Read the config's all-chats index after `position` (None: from the start), at most `budget`
+        chats (None: all), and add its deleted chats missing from the deleted index. Marks the config
+        done at the end of the index, or saves the position. Returns (chats read, chats added).
 
-        The position is a score, not a rank, so chats erased meanwhile (which shift the ranks down) do
-        not make it skip any; `skip` counts the chats of the last score read, for chats created in the
-        same microsecond."""
+        The position is the last chat read and its score ('<score> <chat id>'), not a rank: chats
+        erased meanwhile shift the ranks, and would make a rank skip unread chats."""
         index = self.keys.config_chats(config_id)
         marker = self.keys.config_deleted_backfill(config_id)
-        low, skip = ("-inf", 0) if position is None else _parse_position(position)
+        after = None if position is None else _parse_position(position)
         read = indexed = 0
         while budget is None or read < budget:
-            page = cast(
-                list[tuple[str, float]],
-                await self.redis.zrangebyscore(
-                    index, low, "+inf", start=skip, withscores=True,
-                    num=CHATS_BATCH if budget is None else min(CHATS_BATCH, budget - read),
-                ),
-            )  # fmt: skip
+            page = await self._backfill_page(index, after, CHATS_BATCH if budget is None else budget - read)
             if not page:
                 await self.redis.set(marker, _DONE)
                 return read, indexed
             indexed += await self._index_deleted(config_id, [chat_id for chat_id, _score in page])
             read += len(page)
-            last = repr(page[-1][1])
-            ties = sum(1 for _chat_id, score in page if repr(score) == last)
-            low, skip = last, (skip + ties if last == low else ties)
-        await self.redis.set(marker, f"{low} {skip}")
+            after = page[-1][1], page[-1][0]
+        assert after is not None  # the loop ran: budget > 0
+        await self.redis.set(marker, f"{after[0]!r} {after[1]}")
         return read, indexed
+
+    async def _backfill_page(
+        self, index: str, after: tuple[float, str] | None, count: int
+    ) -> list[tuple[str, float]]:
+        """Up to `count` (at most a page) entries of the index after `after` (score, chat id) in its
+        order (score, then id). Chats of the same score as `after` come first, those up to it are
+        dropped; a page of nothing but those (chats created in the same microsecond) reads the next."""
+        num = min(CHATS_BATCH, count)
+        low = "-inf" if after is None else repr(after[0])
+        offset = 0
+        while True:
+            raw = cast(
+                list[tuple[str, float]],
+                await self.redis.zrangebyscore(index, low, "+inf", start=offset, num=num, withscores=True),
+            )
+            page = raw if after is None else [(c, score) for c, score in raw if (score, c) > after]
+            if page or len(raw) < num:
+                return page
+            offset += num
 
     async def _index_deleted(self, config_id: str, chat_ids: list[str]) -> int:
         """Add the chats among `chat_ids` that are deleted to the config's deleted index, unless they
@@ -210,6 +220,6 @@ class Retention(Erasure):
             await self.redis.zrem(index, chat_id)
 
 
-def _parse_position(position: str) -> tuple[str, int]:
-    low, skip = position.split(" ")
-    return low, int(skip)
+def _parse_position(position: str) -> tuple[float, str]:
+    score, chat_id = position.split(" ")
+    return float(score), chat_id
