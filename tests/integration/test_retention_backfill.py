@@ -84,7 +84,9 @@ class TestBackfill:
         deleted_ms = (await ledger.get_chat(None, chat_id)).deleted_ms
         await ledger.restore_chat(chat_id)
         # What the backfill writes when the restore lands between its read and its write.
-        await redis_client.zadd(keyspace.config_deleted_chats(config.config_id), {chat_id: deleted_ms}, nx=True)
+        await redis_client.zadd(
+            keyspace.config_deleted_chats(config.config_id), {chat_id: deleted_ms}, nx=True
+        )
         before = await chat_snapshot(redis_client, keyspace, chat_id)  # type: ignore[arg-type]
 
         done = await ledger.erase_deleted_before(await now_ms_after_a_tick(), chats_max=100)
