@@ -77,8 +77,9 @@ class Erasure:
 
         The config and its keys go first, so no new chat can join it while its chats are erased;
         then each batch of the all-chats index (and of the two others, should they hold a stray id) is
-        erased and dropped from the indexes; the indexes go last. Run again after a crash, it resumes
-        where the indexes say. Whether there was a config to erase is `config_exists`, asked before."""
+        erased and dropped from the indexes; the indexes go last, then the retention backfill's marker.
+        Run again after a crash, it resumes where the indexes say. Whether there was a config to erase
+        is `config_exists`, asked before."""
         await TenantStore(self.redis, self.keys).delete_config(config_id)
         erased = 0
         for index in (
@@ -94,6 +95,8 @@ class Erasure:
                 # A chat of another config (never written so, but an index is not trusted) is only
                 # dropped from this config's indexes.
                 await self._drop_from_indexes(config_id, batch)
+        # The retention backfill's marker of the config (ledger/retention.py): nothing of it is left.
+        await self.redis.delete(self.keys.config_deleted_backfill(config_id))
         return erased
 
     @wrap_redis_errors

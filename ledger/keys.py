@@ -130,6 +130,11 @@ class Keyspace:
         retention pass reads oldest first."""
         return f"{self.config_tag(config_id)}:deleted"
 
+    def config_deleted_backfill(self, config_id: str) -> str:
+        """String: how far the retention pass's backfill of the `deleted` index has read the config's
+        all-chats index ('<score> <skip>'), or 'done' (design.md section 12)."""
+        return f"{self.config_tag(config_id)}:backfill"
+
     def config_api_keys(self, config_id: str) -> str:
         """Hash: key id -> key description (prefix, creation time, digest); never the key itself."""
         return f"{self.config_tag(config_id)}:keys"
@@ -150,6 +155,11 @@ class Keyspace:
     def retention_turn(self) -> str:
         """String with a TTL: held by the worker whose turn it is to run the retention pass."""
         return f"{self.prefix}:retention"
+
+    def retention_backfill(self) -> str:
+        """String: the configs cursor of the backfill of the `deleted` indexes, or 'done' once every
+        config's is (design.md section 12)."""
+        return f"{self.prefix}:retention:backfill"
 
     def configs(self) -> str:
         """Set: every config id (the admin listing and the demo bootstrap read it)."""

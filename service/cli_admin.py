@@ -6,6 +6,7 @@ operations as the admin HTTP API, run directly against Redis.
     chatledger key create CONFIG_ID | list CONFIG_ID | revoke (API_KEY | CONFIG_ID KEY_ID)
     chatledger chat show CHAT_ID | restore CHAT_ID | journal CHAT_ID [--limit N]
     chatledger chat erase CHAT_ID | config erase CONFIG_ID     (service/cli_data.py)
+    chatledger retention backfill                             (service/cli_data.py)
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ def add_commands(commands: Any) -> None:
     journal.add_argument("--limit", type=int, default=1000, help="entries to print (default 1000)")
     cli_data.add_erase_commands(config, chat)
     cli_data.add_export_command(commands)
+    cli_data.add_retention_command(commands)
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -250,4 +252,5 @@ _COMMANDS: dict[tuple[str, str], Command] = {
     ("chat", "erase"): cli_data.chat_erase,
     ("config", "erase"): cli_data.config_erase,
     ("export", "run"): cli_data.export,
+    ("retention", "backfill"): cli_data.retention_backfill,
 }

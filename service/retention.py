@@ -3,8 +3,9 @@
 
 Every worker runs the loop; a pass runs only in the worker that takes the turn (a key with a TTL), so
 several workers do not erase the same chats at once. A pass erases at most PASS_CHATS_MAX chats, each
-a short script of its own, and the next pass continues; a Redis failure is logged and the next pass
-tries again, so the pass never takes a worker down.
+a short script of its own (and, until the deleted indexes are backfilled, reads at most
+PASS_BACKFILL_MAX chats for that), and the next pass continues; a Redis failure is logged and the next
+pass tries again, so the pass never takes a worker down.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ log = structlog.get_logger("chatledger")
 
 # Chats one pass erases at most: the rest waits for the next pass.
 PASS_CHATS_MAX = 1000
+# Chats one pass reads at most while it backfills the deleted indexes (chats deleted before those
+# indexes existed; design.md section 12): the rest waits for the next pass.
+PASS_BACKFILL_MAX = 10_000
 # How long shutdown waits for a pass in progress before it cancels it.
 STOP_WAIT_S = 5.0
 
@@ -65,10 +69,12 @@ async def _loop(book: ledger.Ledger, retention_s: float, interval_s: float, stop
             if not await book.retention_turn(holder, int(interval_s * 1000)):
                 continue
             cutoff_ms = int((time.time() - retention_s) * 1000)
-            done = await book.erase_deleted_before(cutoff_ms, chats_max=PASS_CHATS_MAX, cursor=cursor)
+            done = await book.erase_deleted_before(
+                cutoff_ms, chats_max=PASS_CHATS_MAX, cursor=cursor, backfill_max=PASS_BACKFILL_MAX
+            )
         except ledger.LedgerUnavailable as exc:
             log.warning("retention_pass_failed", error=str(exc))
             continue
         cursor = done.cursor
-        if done.erased:
-            log.info("retention_pass", erased=done.erased)
+        if done.erased or done.backfilled:
+            log.info("retention_pass", erased=done.erased, backfilled=done.backfilled)

@@ -180,6 +180,46 @@ class TestEraseCommands:
         assert main(["config", "erase", config_id[1]]) == 1
 
 
+async def _deleted_score(server: RedisServer, config_id: str, chat_id: str) -> float | None:
+    """The chat's score in its config's deleted index (None: not in it)."""
+    client = ledger.connect(server.url)
+    try:
+        index = ledger.Keyspace("clcli").config_deleted_chats(config_id)
+        return await client.zscore(index, chat_id)
+    finally:
+        await client.aclose()
+
+
+async def _drop_deleted_entry(server: RedisServer, config_id: str, chat_id: str) -> None:
+    client = ledger.connect(server.url)
+    try:
+        await client.zrem(ledger.Keyspace("clcli").config_deleted_chats(config_id), chat_id)
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+class TestRetentionBackfillCommand:
+    def test_backfill_indexes_an_old_deleted_chat_once(
+        self, redis_env: RedisServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A deleted chat missing from its config's deleted index is put back in it at its deletion
+        time; a second run finds nothing to add."""
+        assert main(["config", "create", "--agent-name", "Bot", "--company-name", "Acme"]) == 0
+        config_id = re.search(r"config_id: (\S+)", capsys.readouterr().out)
+        assert config_id
+        chat_id = asyncio.run(_chat_with_exchange(redis_env, config_id[1]))
+        score = asyncio.run(_deleted_score(redis_env, config_id[1], chat_id))
+        assert score is not None
+        # As a delete before the deleted index existed left it.
+        asyncio.run(_drop_deleted_entry(redis_env, config_id[1], chat_id))
+        assert main(["retention", "backfill"]) == 0
+        assert re.search(r"indexed [1-9]\d* deleted chats", capsys.readouterr().err)
+        assert asyncio.run(_deleted_score(redis_env, config_id[1], chat_id)) == score
+        assert main(["retention", "backfill"]) == 0
+        assert "indexed 0 deleted chats" in capsys.readouterr().err
+
+
 @pytest.mark.redis
 class TestExportCommand:
     def test_export_prints_ndjson_and_resumes(

@@ -50,6 +50,7 @@ CALLS: dict[str, Callable[[Ledger], Awaitable[object]]] = {
     "export_page": lambda book: book.export_page(CONFIG.config_id),
     "erase_deleted_before": lambda book: book.erase_deleted_before(0, chats_max=10),
     "retention_turn": lambda book: book.retention_turn("worker", 1000),
+    "backfill_deleted_indexes": lambda book: book.backfill_deleted_indexes(),
     "reserve": lambda book: book.reserve(
         CONFIG, CHAT, prompt_tokens=1, completion_tokens_max=1, history_tokens_max=10, history_count_max=2
     ),

@@ -68,9 +68,11 @@ class TestChatKeys:
             keyspace.config_record(CONFIG_ID),
             keyspace.config_chats(CONFIG_ID),
             keyspace.config_live_chats(CONFIG_ID),
+            keyspace.config_deleted_chats(CONFIG_ID),
+            keyspace.config_deleted_backfill(CONFIG_ID),
             keyspace.config_api_keys(CONFIG_ID),
         ]
-        assert len(set(keys)) == 4
+        assert len(set(keys)) == 6
         assert len(slots(keys)) == 1
 
     def test_key_names_carry_the_prefix(self) -> None:
