@@ -109,14 +109,16 @@ class Exchange:
         cancelled) gets the partial reply settled, then ClientGone (or the CancelledError) is
         raised."""
         reservation = await self._reserve(config, chat_id, content, idempotency)
+        # One model call, timed once: from the request to the last delta (or the failure).
+        started = time.perf_counter()
         try:
-            with self._upstream_timer():
+            with self._upstream_timer(started, ends=False):
                 reply = await open_stream(self._provider, self._request(config, reservation, content))
         except BaseException:
             await _shielded(self._void(reservation))
             raise
         try:
-            with self._upstream_timer():
+            with self._upstream_timer(started):
                 await _relay(reply, on_delta)
         except asyncio.CancelledError:
             # The handler was cancelled: aiohttp does that when the client disconnects.
@@ -267,11 +269,15 @@ class Exchange:
             log.warning("void_failed", chat_id=reservation.chat_id, code=exc.code)
 
     @contextmanager
-    def _upstream_timer(self) -> Iterator[None]:
-        """Time a model call for the metrics, and count its failures by kind."""
-        started = time.perf_counter()
+    def _upstream_timer(self, started: float | None = None, *, ends: bool = True) -> Iterator[None]:
+        """Count a model call's failures by kind, and time it for the metrics: from `started` (else
+        the block's start) to the block's end, unless the call goes on past a block that does not
+        `end` it without failing (a stream that opened)."""
+        started = time.perf_counter() if started is None else started
+        ended = True
         try:
             yield
+            ended = ends
         except ProviderTimeout:
             self._metrics.upstream_errors.labels(self._provider.name, "timeout").inc()
             raise
@@ -279,7 +285,8 @@ class Exchange:
             self._metrics.upstream_errors.labels(self._provider.name, "error").inc()
             raise
         finally:
-            self._metrics.observe_upstream(self._provider.name, time.perf_counter() - started)
+            if ended:
+                self._metrics.observe_upstream(self._provider.name, time.perf_counter() - started)
 
 
 def charge_milli(config: ledger.ConfigRecord, completion: Completion) -> int:

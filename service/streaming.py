@@ -16,10 +16,9 @@ tokens charged, never more than the hold, and the partial reply saved, flagged t
 
 The response is a plain chunked StreamResponse with the headers an event stream needs. A stream that
 goes quiet for PING_INTERVAL_S gets a comment line (`: ping`, which EventSource ignores) so that
-proxies keep it open, from one timer that the writes move along; a write that cannot finish within
-SEND_TIMEOUT_S (a client that stopped reading) aborts the connection, from one timer around that
-write. Timers, not a pinger task and timeout scopes: a short reply pays for no machinery it does not
-use (design.md section 8).
+proxies keep it open; a write that cannot finish within SEND_TIMEOUT_S (a client that stopped reading)
+aborts the connection. One timer per stream does both, not a pinger task and a timeout scope per
+write: a short reply pays for no machinery it does not use (design.md section 8).
 """
 
 from __future__ import annotations
@@ -119,7 +118,12 @@ async def stream_reply(
 
 class _EventStream(web.StreamResponse):
     """A chunked event stream whose events are framed by the caller and sent in one write each: the
-    headers go with the first events, and the last event with the end of the body."""
+    headers go with the first events, and the last event with the end of the body.
+
+    One timer per stream watches it: due when the stream will have been quiet for PING_INTERVAL_S
+    (then it pings), or when the write in progress will have waited SEND_TIMEOUT_S (then it aborts the
+    connection), whichever is first. A write moves it only when its own deadline comes first, which
+    at the default values never happens: a short reply pays for one timer, not one per write."""
 
     _send_headers_immediately = False
 
@@ -128,10 +132,12 @@ class _EventStream(web.StreamResponse):
         self.enable_chunked_encoding()
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._pinger: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._ping_task: asyncio.Task[None] | None = None
         self._quiet_since = 0.0
-        self._writing = False
+        # Writes in progress (a ping's may overlap the exchange's), and when the oldest began.
+        self._writes = 0
+        self._writing_since = 0.0
         self._stalled = False
         self._stopped = False
 
@@ -139,16 +145,20 @@ class _EventStream(web.StreamResponse):
         self._transport = request.transport
         await self.prepare(request)
         self._quiet_since = self._loop.time()
-        self._pinger = self._loop.call_at(self._quiet_since + PING_INTERVAL_S, self._ping_due)
+        self._arm(self._quiet_since + PING_INTERVAL_S)
 
     async def send_framed(self, framed: bytes, *, last: bool = False) -> None:
         """`framed` (whole events) in one write, the body's end with it if `last`. A client that left
         raises ConnectionResetError; one that takes nothing for SEND_TIMEOUT_S, TimeoutError, and
         its connection is aborted. Either way the stream is stopped."""
         if last:
-            self.stop_streaming()  # no ping may follow the end of the body
-        self._writing = True
-        stall = self._loop.call_later(SEND_TIMEOUT_S, self._abort_stalled)
+            self._stopped = True  # no ping may follow the end of the body
+        if not self._writes:
+            self._writing_since = self._loop.time()
+            stall_due = self._writing_since + SEND_TIMEOUT_S
+            if self._timer is None or self._timer.when() > stall_due:
+                self._arm(stall_due)
+        self._writes += 1
         try:
             await (self.write_eof(framed) if last else self.write(framed))
         except ConnectionError as exc:  # a reset, or aiohttp's "Connection lost" from a drain
@@ -157,45 +167,50 @@ class _EventStream(web.StreamResponse):
                 raise TimeoutError("The client took nothing for the send timeout.") from exc
             raise ConnectionResetError(str(exc)) from exc
         finally:
-            stall.cancel()
-            self._writing = False
+            self._writes -= 1
             self._quiet_since = self._loop.time()
         if self._stalled:  # the abort woke the write as if it had gone through
             self.stop_streaming()
             raise TimeoutError("The client took nothing for the send timeout.")
 
     def stop_streaming(self) -> None:
-        """No more pings: the stream is over (ended, failed, or its client left)."""
+        """Nothing more to watch: the stream is over (ended, failed, or its client left)."""
         self._stopped = True
-        if self._pinger is not None:
-            self._pinger.cancel()
-            self._pinger = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    def _ping_due(self) -> None:
-        """Ping if nothing was written for PING_INTERVAL_S, else look again when that would be so."""
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(when, self._watch)
+
+    def _watch(self) -> None:
+        """The timer: abort a write stalled for SEND_TIMEOUT_S, ping a stream quiet for
+        PING_INTERVAL_S, or look again when one of those would be so."""
+        self._timer = None
         now = self._loop.time()
-        if self._writing:  # a write is waiting on the client: its own timeout watches it
-            self._pinger = self._loop.call_at(now + PING_INTERVAL_S, self._ping_due)
-        elif now < self._quiet_since + PING_INTERVAL_S:
-            self._pinger = self._loop.call_at(self._quiet_since + PING_INTERVAL_S, self._ping_due)
-        else:
-            self._pinger = None
-            self._ping_task = self._loop.create_task(self._ping())
+        if self._writes:
+            stall_due = self._writing_since + SEND_TIMEOUT_S
+            if now >= stall_due:
+                self._stalled = True
+                if self._transport is not None:
+                    self._transport.abort()
+            else:
+                self._arm(stall_due)
+        elif not self._stopped:
+            ping_due = self._quiet_since + PING_INTERVAL_S
+            if now >= ping_due:
+                self._ping_task = self._loop.create_task(self._ping())
+                ping_due = now + PING_INTERVAL_S
+            self._arm(ping_due)
 
     async def _ping(self) -> None:
         if self._stopped:
             return
-        try:
+        # A client gone stops the stream here; the exchange's next write learns it too.
+        with contextlib.suppress(*CLIENT_GONE):
             await self.send_framed(_PING)
-        except CLIENT_GONE:
-            return  # stopped: the exchange's next write learns it too
-        if not self._stopped:
-            self._pinger = self._loop.call_at(self._quiet_since + PING_INTERVAL_S, self._ping_due)
-
-    def _abort_stalled(self) -> None:
-        self._stalled = True
-        if self._transport is not None:
-            self._transport.abort()
 
 
 _DELTA_HEAD = b'event: delta\r\ndata: {"content":"'

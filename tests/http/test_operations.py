@@ -75,6 +75,25 @@ class TestMetrics:
         )
         assert sample(after, "chatledger_insufficient_tokens_total") >= 1
 
+    async def test_each_model_call_is_timed_once_streamed_or_not(self, api: Api) -> None:
+        """The model-call histogram counts calls: one a message, whether the reply came whole or as a
+        stream (opened, then relayed)."""
+
+        async def calls() -> float:
+            async with api.client.get("/metrics") as response:
+                text = await response.text()
+            return sample(text, "chatledger_upstream_duration_seconds_count", provider="offline")
+
+        chat = (await api.create_chat(1000))["chat_id"]
+        before = await calls()
+        assert (await api.send(chat, "whole"))[0] == 200
+        body = msgspec.json.encode({"chat_id": chat, "content": "streamed", "stream": True})
+        async with api.client.post(
+            "/chats/messages/", data=body, headers={"X-API-Key": api.api_key}
+        ) as response:
+            assert "event: done" in await response.text()
+        assert await calls() == before + 2
+
 
 class TestCors:
     async def test_preflight_and_headers_for_allowed_origins_only(
