@@ -95,7 +95,8 @@ def _wait_for_ping(port: int, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("redis-server under valgrind did not answer PING in time")
 
 
-def _total(dump: Path) -> int:
+def callgrind_total(dump: Path) -> int:
+    """The instructions a callgrind output file counts in all."""
     for line in dump.read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
@@ -161,7 +162,7 @@ def count(checkout: Path, pairs: int, *, chats: int = CHATS, warmup: int = WARMU
         with _server_under_callgrind(workdir) as (port, pid):
             _drive_and_count(checkout, port, pid, [str(chats), str(warmup), str(pairs)])
         # `callgrind_control -d` writes the first numbered dump; callgrind.out itself is the server's exit.
-        return _total(Path(workdir) / "callgrind.out.1")
+        return callgrind_total(Path(workdir) / "callgrind.out.1")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 import aiohttp
 
 import ledger
+from bench.redis_instructions import callgrind_total
 from bench.tenant import bench_tenant
 from tests.redis_servers import RedisServer, free_ports
 
@@ -100,10 +101,7 @@ def count(checkout: Path, messages: int, model_url: str | None = None, stream: b
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=READY_TIMEOUT_S)
-        for line in out.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise RuntimeError(f"callgrind wrote no total for {checkout}")
+        return callgrind_total(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

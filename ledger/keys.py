@@ -132,7 +132,7 @@ class Keyspace:
 
     def config_deleted_backfill(self, config_id: str) -> str:
         """String: how far the retention pass's backfill of the `deleted` index has read the config's
-        all-chats index ('<score> <skip>'), or 'done' (design.md section 12)."""
+        all-chats index ('<score> <chat id>' of the last chat read), or 'done' (design.md section 12)."""
         return f"{self.config_tag(config_id)}:backfill"
 
     def config_api_keys(self, config_id: str) -> str:

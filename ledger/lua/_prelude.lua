@@ -249,7 +249,7 @@ local function resolve(deadlines_key, reservations_key, resolved_key, id, state)
   local entry = ';' .. id .. '=' .. state
   local bytes = redis.call('APPEND', resolved_key, entry)
   if bytes == #entry then
-    redis.call('ZADD', deadlines_key, 'NX', '9007199254740991', RESOLVED)
+    redis.call('ZADD', deadlines_key, 'NX', int(NEVER), RESOLVED)
     redis.call('HSETNX', reservations_key, RESOLVED, '')
   elseif bytes > 2 * RESOLVED_BYTES then
     local newest = redis.call('GETRANGE', resolved_key, -RESOLVED_BYTES, -1)

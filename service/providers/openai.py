@@ -380,13 +380,10 @@ def _retry_after_s(headers: Mapping[str, str]) -> float:
 
 def _decode_chunk(data: bytes) -> _Chunk:
     try:
-        chunk = _CHUNK_DECODER.decode(data)
+        return _CHUNK_DECODER.decode(data)
     except (msgspec.DecodeError, RecursionError) as exc:
         # msgspec checks that strings are UTF-8, so a stream that is not is reported here too.
         raise ProviderError("The model's stream carried a malformed chunk.") from exc
-    if chunk.error is not None:
-        raise ProviderError("The model reported an error in the middle of its reply.")
-    return chunk
 
 
 _DONE = b"[DONE]"
@@ -408,20 +405,17 @@ class _StreamState:
         The chunks of one read are decoded by one `map` over msgspec's decoder, with no Python call
         per chunk; if one is malformed, they are decoded again one by one, so that the deltas before
         the broken chunk are still the client's."""
+        done = _DONE in events
+        if done:
+            events = events[: events.index(_DONE)]
         try:
-            end = events.index(_DONE)
-        except ValueError:
-            end = len(events)
-        try:
-            chunks = list(map(_CHUNK_DECODER.decode, events[:end] if end < len(events) else events))
+            chunks = list(map(_CHUNK_DECODER.decode, events))
         except (msgspec.DecodeError, RecursionError):
-            chunks = None
-        if chunks is None:
-            for data in events[:end]:
+            for data in events:  # raises at the malformed one, after taking those before it
                 self._take([_decode_chunk(data)], deltas)
         else:
             self._take(chunks, deltas)
-        self.done = end < len(events)
+        self.done = done
 
     def _take(self, chunks: list[_Chunk], deltas: list[str]) -> None:
         for chunk in chunks:

@@ -160,10 +160,7 @@ class TestProvidersWithoutStreaming:
     ) -> None:
         """A provider with no `open_stream` (a wrapper, a test double) still streams: one delta with
         the whole reply, charged like the JSON answer."""
-        _config, key = await new_tenant(tenants)
-        api = Api(
-            await aiohttp_client(create_app(test_settings, redis=redis_client, provider=WholeOnly())), key
-        )
+        api = await _api(WholeOnly(), aiohttp_client, redis_client, tenants, test_settings)
         chat = (await api.create_chat(1000))["chat_id"]
         _response, received = await stream(api, chat)
         assert [name for name, _ in received] == ["delta", "done"]

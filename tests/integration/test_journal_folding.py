@@ -17,6 +17,7 @@ from ledger import (
     Keyspace,
     Ledger,
     LedgerLimits,
+    RedisClient,
     Reservation,
     ReservationAlreadySettled,
     ReservationAlreadyVoided,
@@ -160,13 +161,18 @@ class TestFolding:
         asyncio.run(ten_thousand(redis_server.url))
 
 
+async def _chat(client: RedisClient) -> tuple[Ledger, ConfigRecord, str]:
+    """A started ledger, a config and a chat of 10^12 tokens on it."""
+    config = await TenantStore(client, KEYS).create_config(agent_name="A", company_name="C")
+    book = Ledger(client, KEYS)
+    await book.start()
+    return book, config, (await book.create_chat(config, 10**12)).chat_id
+
+
 async def journal_bytes(url: str) -> None:
     client = connect(url)
     try:
-        config = await TenantStore(client, KEYS).create_config(agent_name="A", company_name="C")
-        book = Ledger(client, KEYS)
-        await book.start()
-        chat_id = (await book.create_chat(config, 10**12)).chat_id
+        book, config, chat_id = await _chat(client)
         largest = 0
         for _ in range(400):
             hold = await reserve(book, config, chat_id, prompt_tokens=5, completion_tokens_max=20)
@@ -181,10 +187,7 @@ async def journal_bytes(url: str) -> None:
 async def ten_thousand(url: str) -> None:
     client = connect(url)
     try:
-        config = await TenantStore(client, KEYS).create_config(agent_name="A", company_name="C")
-        book = Ledger(client, KEYS)
-        await book.start()
-        chat_id = (await book.create_chat(config, 10**12)).chat_id
+        book, config, chat_id = await _chat(client)
         model = Model(10**12)
         rng = random.Random(10_000)
 
