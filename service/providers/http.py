@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
 from collections.abc import Mapping
 from typing import cast
 from urllib.parse import urlsplit
@@ -40,6 +39,11 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # The body's pieces, taken by `take`. httptools looks its callbacks up once, when the parser is
+        # made, so `on_body` is this list's own append: a streamed answer brings a piece per token,
+        # and each then costs no Python call.
+        self._chunks: list[bytes] = []
+        self.on_body = self._chunks.append
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -53,7 +57,8 @@ class _Connection(asyncio.Protocol):
         self.headers_done = False
         self.complete = False
         self.error: Exception | None = None
-        self._chunks: deque[bytes] = deque()
+        self._chunks.clear()
+        # Bytes read since the body was last taken, framing included: a bound on what is buffered.
         self._buffered = 0
         self._paused = False
 
@@ -85,6 +90,7 @@ class _Connection(asyncio.Protocol):
             return
         # Once per read, not per body chunk: a streamed answer brings a chunk per token.
         if self._chunks:
+            self._buffered += len(data)
             if self._buffered > BUFFER_HIGH and not self._paused and self.transport is not None:
                 self._paused = True
                 self.transport.pause_reading()
@@ -107,10 +113,6 @@ class _Connection(asyncio.Protocol):
         self.status = self._parser.get_status_code()
         self.headers_done = True
         self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -149,7 +151,7 @@ class _Connection(asyncio.Protocol):
         """What the body has buffered, b"" if nothing."""
         if not self._chunks:
             return b""
-        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
         if self._paused and self.transport is not None:

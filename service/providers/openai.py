@@ -449,18 +449,16 @@ class _SseEvents:
     def feed(self, raw: bytes) -> list[bytes]:
         buffered = self._rest + raw
         events: list[bytes] = []
-        if not self._data and b"\r" not in buffered:
+        if not self._data and buffered.startswith(b"data: ") and b"\r" not in buffered:
             end = buffered.rfind(b"\n\n")
-            whole = buffered[:end]
-            # Every line break of `whole` is part of a "\n\ndata: " (each has two, and they cannot
-            # overlap), and it starts with "data: ": so it is events of one data line each.
-            if (
-                end > 0
-                and whole.startswith(b"data: ")
-                and whole.count(b"\n") == 2 * whole.count(b"\n\ndata: ")
-            ):
-                events = whole[6:].split(b"\n\ndata: ")
-                buffered = buffered[end + 2 :]
+            if end > 0:
+                events = buffered[6:end].split(b"\n\ndata: ")
+                # Pieces without a line break are events of one data line each. Checked on their
+                # join, a copy and a memchr: counting the line breaks instead walks them byte by byte.
+                if b"\n" in b"".join(events):
+                    events = []
+                else:
+                    buffered = buffered[end + 2 :]
         lines = buffered.split(b"\n")
         self._rest = lines.pop()
         self._lines(lines, events)
