@@ -165,7 +165,7 @@ def connect_sentinel(url: str, *, max_connections: int = 100, durability: Durabi
     """A pooled client for the primary that the sentinels of `url` name (SentinelTarget), following
     it through failovers: its pool and its multiplexer ask the sentinels at every new connection."""
     target = SentinelTarget(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
         target.sentinels,
         sentinel_kwargs={"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S},
     )
