@@ -75,7 +75,10 @@ _ERROR_CLASSES: dict[str, type[RedisError]] = {
 }
 # An ERR reply is named by its whole message, for the few messages redis-py knows.
 _ERR_CLASSES: dict[str, type[RedisError]] = {
-    "max number of clients reached": redis.exceptions.ConnectionError,
+    # Named from redis-py 8.2 (a ConnectionError); an older one raises the ConnectionError itself.
+    "max number of clients reached": getattr(
+        redis.exceptions, "MaxClientsReachedError", redis.exceptions.ConnectionError
+    ),
     "invalid password": AuthenticationError,
     "wrong number of arguments for 'auth' command": AuthenticationWrongNumberOfArgsError,
     "wrong number of arguments for 'AUTH' command": AuthenticationWrongNumberOfArgsError,
