@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
-from contextlib import aclosing, contextmanager
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import msgspec
@@ -299,14 +299,13 @@ def charge_milli(config: ledger.ConfigRecord, completion: Completion) -> int:
 
 async def _relay(reply: ReplyStream, on_delta: DeltaSink) -> None:
     """Hand every delta to the sink; a sink failure becomes ClientGone, told apart from the model's."""
-    async with aclosing(reply.batches()) as batches:
-        async for batch in batches:
-            try:
-                await on_delta(batch)
-            except Exception as exc:
-                # Usually a reset connection; the type is logged so that anything else shows.
-                log.info("client_gone", cause=type(exc).__name__)
-                raise ClientGone(None) from exc
+    while (batch := await reply.next_batch()) is not None:
+        try:
+            await on_delta(batch)
+        except Exception as exc:
+            # Usually a reset connection; the type is logged so that anything else shows.
+            log.info("client_gone", cause=type(exc).__name__)
+            raise ClientGone(None) from exc
 
 
 async def _shielded(coro: Coroutine[Any, Any, T]) -> T:

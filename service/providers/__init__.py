@@ -12,7 +12,6 @@ budget on the wire (`ReplyStream` for streams, `cut_to_budget` for whole replies
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import aclosing
 from typing import TYPE_CHECKING, Annotated, Protocol, cast, runtime_checkable
 
 import msgspec
@@ -145,12 +144,12 @@ def cut_to_budget(text: str, max_tokens: int, count_tokens: TokenCounter) -> str
 class ReplyStream:
     """A reply the model has started to generate: from here on its prompt is spent.
 
-    Iterate `deltas()` (or `batches()`) for the text as it arrives; when it ends, `completion()` is the
-    whole reply with the upstream's usage (or the estimate, flagged). If it stops early (the client
-    left, or the model failed), `aclose()` cancels the upstream and `partial()` prices what was
-    generated so far: the prompt plus one token per delta received, never more than `max_tokens`,
-    flagged truncated and estimated. A model that goes on past `max_tokens` deltas is cut there, as if
-    it had stopped.
+    Call `next_batch()` (or iterate `batches()` or `deltas()`) for the text as it arrives; when it
+    ends, `completion()` is the whole reply with the upstream's usage (or the estimate, flagged). If
+    it stops early (the client left, or the model failed), `aclose()` cancels the upstream and
+    `partial()` prices what was generated so far: the prompt plus one token per delta received, never
+    more than `max_tokens`, flagged truncated and estimated. A model that goes on past `max_tokens`
+    deltas is cut there, as if it had stopped.
     """
 
     def __init__(
@@ -172,18 +171,40 @@ class ReplyStream:
         self._over_budget = False
 
     async def deltas(self) -> AsyncGenerator[str, None]:
-        """The reply's text pieces one by one (`batches()` unpacked)."""
-        async with aclosing(self.batches()) as batches:
-            async for batch in batches:
-                for delta in batch:
-                    yield delta
+        """The reply's text pieces one by one (`next_batch()` unpacked)."""
+        while (batch := await self.next_batch()) is not None:
+            for delta in batch:
+                yield delta
 
     async def batches(self) -> AsyncGenerator[list[str], None]:
-        """The reply's text pieces as they arrive, those that arrived together in one list, so a relay
-        can hand them on in one write; raises ProviderError if the upstream fails or stops mid-way."""
+        """`next_batch()` until the reply ends."""
+        while (batch := await self.next_batch()) is not None:
+            yield batch
+
+    async def next_batch(self) -> list[str] | None:
+        """The reply's next text pieces, those that arrived together in one list, so a relay can hand
+        them on in one write; None once the reply ended. Raises ProviderError if the upstream fails
+        or stops mid-way.
+
+        A coroutine, not an async generator, so that relaying a reply costs no generator of its own
+        (the event loop registers each async generator, and it needs closing)."""
+        if self._over_budget:
+            # A delta past the budget: the model ignores max_tokens. Nothing more is relayed (the chat
+            # cannot pay for it) and the upstream is closed, which stops it.
+            await self._events.aclose()
+            self._end = StreamEnd(truncated=True)
+            return None
         # A reply relayed whole is one delta, already cut to the budget by its provider.
         budget = self.request.max_tokens if self._token_per_delta else None
-        async for event in self._events:
+        while True:
+            try:
+                event = await self._events.__anext__()
+            except StopAsyncIteration:
+                if self._end is None:
+                    raise ProviderError("The model's stream ended before the reply was complete.") from None
+                if not self._parts:
+                    raise ProviderError("The model returned an empty reply.") from None
+                return None
             if isinstance(event, StreamEnd):
                 self._end = event
                 continue
@@ -195,31 +216,20 @@ class ReplyStream:
             ):
                 # The common batch, passed on as it is: pieces, none empty, all within the budget.
                 self._parts += event
-                yield event
-                continue
+                return event
             batch: list[str] = []
             for piece in (event,) if isinstance(event, str) else event:
                 if not piece:
                     continue
                 if len(self._parts) == budget:
-                    # A delta past the budget: the model ignores max_tokens. Nothing more is relayed
-                    # (the chat cannot pay for it) and the upstream is closed below, which stops it.
-                    self._over_budget = True
+                    self._over_budget = True  # the next call stops the model
                     break
                 self._parts.append(piece)
                 batch.append(piece)
             if batch:
-                yield batch
+                return batch
             if self._over_budget:
-                break
-        if self._over_budget:
-            await self._events.aclose()
-            self._end = StreamEnd(truncated=True)
-            return
-        if self._end is None:
-            raise ProviderError("The model's stream ended before the reply was complete.")
-        if not self._parts:
-            raise ProviderError("The model returned an empty reply.")
+                return await self.next_batch()
 
     @property
     def text(self) -> str:
