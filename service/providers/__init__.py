@@ -189,10 +189,7 @@ class ReplyStream:
         A coroutine, not an async generator, so that relaying a reply costs no generator of its own
         (the event loop registers each async generator, and it needs closing)."""
         if self._over_budget:
-            # A delta past the budget: the model ignores max_tokens. Nothing more is relayed (the chat
-            # cannot pay for it) and the upstream is closed, which stops it.
-            await self._events.aclose()
-            self._end = StreamEnd(truncated=True)
+            await self._cut_at_budget()
             return None
         # A reply relayed whole is one delta, already cut to the budget by its provider.
         budget = self.request.max_tokens if self._token_per_delta else None
@@ -222,14 +219,21 @@ class ReplyStream:
                 if not piece:
                     continue
                 if len(self._parts) == budget:
-                    self._over_budget = True  # the next call stops the model
+                    self._over_budget = True  # the pieces within the budget go first, then the cut
                     break
                 self._parts.append(piece)
                 batch.append(piece)
             if batch:
                 return batch
             if self._over_budget:
-                return await self.next_batch()
+                await self._cut_at_budget()
+                return None
+
+    async def _cut_at_budget(self) -> None:
+        """A delta past the budget: the model ignores max_tokens. Nothing more is relayed (the chat
+        cannot pay for it) and the upstream is closed, which stops it."""
+        await self._events.aclose()
+        self._end = StreamEnd(truncated=True)
 
     @property
     def text(self) -> str:
